@@ -1,0 +1,91 @@
+"""The composition root: the only place that picks concrete classes and wires them together.
+
+    SemanticCacheMiddleware( Router( /healthz, /v1 -> UpstreamProxy(httpx.AsyncClient) ) )
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from semproxy.cache.embedder import Embedder, SentenceTransformerEmbedder
+from semproxy.cache.index import FaissIndex
+from semproxy.cache.service import CachePolicy, SemanticCache
+from semproxy.cache.store import SqliteStore
+from semproxy.config import Settings
+from semproxy.errors import error_body
+from semproxy.middleware.asgi import ASGIApp
+from semproxy.middleware.cache import SemanticCacheMiddleware
+from semproxy.upstream.proxy import UpstreamProxy
+
+
+def build_cache(
+    settings: Settings,
+    *,
+    load_embedder: Callable[[], Embedder] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> SemanticCache:
+    """The embedded cache: SQLite entries, per-scope FAISS indexes, a sentence-transformers embedder."""
+    if load_embedder is None and settings.semantic_enabled:
+        load_embedder = partial(SentenceTransformerEmbedder, settings.embedding_model)
+    policy = CachePolicy(
+        threshold=settings.similarity_threshold, top_k=settings.semantic_top_k, ttl_seconds=settings.ttl_seconds,
+        max_entries=settings.max_entries, embed_batch_size=settings.embed_batch_size,
+    )
+    return SemanticCache(
+        open_store=partial(SqliteStore, settings.db_path),
+        load_embedder=load_embedder if settings.semantic_enabled else None,
+        make_index=partial(FaissIndex, large_scope_entries=settings.large_scope_entries),
+        policy=policy,
+        clock=clock,
+    )
+
+
+def build_client(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """The upstream HTTP client; without httpx's default headers, so requests go out as the client sent them."""
+    timeout = httpx.Timeout(settings.upstream_read_timeout, connect=settings.upstream_connect_timeout)
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=60)
+    client = httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport, trust_env=False)
+    for name in list(client.headers.keys()):
+        del client.headers[name]
+    return client
+
+
+def build_app(
+    settings: Settings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    cache: SemanticCache | None = None,
+) -> ASGIApp:
+    """The stand-alone proxy. `transport` replaces the network (tests pass an httpx.MockTransport)."""
+    cache = cache or build_cache(settings)
+    client = build_client(settings, transport=transport)
+    proxy = UpstreamProxy(client, base_url=settings.upstream, api_key=settings.upstream_api_key)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        await client.aclose()
+
+    async def healthz(_: Request) -> JSONResponse:
+        if not cache.ready and settings.cache_enabled:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        status = "degraded" if cache.problems else "ok"
+        return JSONResponse({"status": status, "semantic": cache.semantic_ready, "problems": cache.problems})
+
+    async def not_found(request: Request, _: Exception) -> Response:
+        body = error_body(f"Unknown path {request.url.path}; semproxy serves /v1/* and /healthz.",
+                          error_type="invalid_request_error", code="not_found")
+        return Response(body, status_code=404, media_type="application/json")
+
+    router = Starlette(routes=[Route("/healthz", healthz), Mount("/v1", app=proxy)], lifespan=lifespan,
+                       exception_handlers={404: not_found})
+    return SemanticCacheMiddleware(router, settings=settings, cache=cache)

