@@ -76,10 +76,10 @@ def build_app(
         await client.aclose()
 
     async def healthz(_: Request) -> JSONResponse:
-        if not cache.ready and settings.cache_enabled:
-            return JSONResponse({"status": "loading"}, status_code=503)
-        status = "degraded" if cache.problems else "ok"
-        return JSONResponse({"status": status, "semantic": cache.semantic_ready, "problems": cache.problems})
+        if not settings.cache_enabled:
+            return JSONResponse({"status": "ok", "cache": False})
+        status, report = cache.health()
+        return JSONResponse(report, status_code=status)
 
     async def not_found(request: Request, _: Exception) -> Response:
         body = error_body(f"Unknown path {request.url.path}; semproxy serves /v1/* and /healthz.",

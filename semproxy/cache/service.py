@@ -129,6 +129,13 @@ class SemanticCache:
             await self._write(self._flush_touches)
         self._started = False
 
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body) for health checks: 503 while starting, then 200, "degraded" if a part failed."""
+        if not self.ready:
+            return 503, {"status": "loading"}
+        status = "degraded" if self.problems else "ok"
+        return 200, {"status": status, "semantic": self.semantic_ready, "problems": self.problems}
+
     def _spawn(self, coroutine: Any, *, write: bool = False) -> None:
         """Run in the background: writes are awaited by close(), everything else is cancelled."""
         tasks = self._writes if write else self._tasks

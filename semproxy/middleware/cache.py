@@ -45,6 +45,9 @@ DEFAULT_ROUTES: Mapping[str, Kind] = {
 }
 
 
+HEALTH_PATH = "/semproxy/healthz"  # in middleware mode too, where the app's own /healthz may mean something else
+
+
 class SemanticCacheMiddleware:
     """Answers repeated and near-duplicate requests from the cache; forwards and stores the rest."""
 
@@ -71,7 +74,13 @@ class SemanticCacheMiddleware:
         if scope["type"] == "lifespan":
             await self.app(scope, self._lifespan_receive(receive), send)
             return
-        kind = self.routes.get(route_path(scope)) if scope["type"] == "http" else None
+        path = route_path(scope) if scope["type"] == "http" else None
+        if path == HEALTH_PATH:
+            self.start()
+            status, report = self.cache.health()
+            await send_response(send, status, json.dumps(report).encode(), JSON_HEADERS)
+            return
+        kind = self.routes.get(path) if path is not None else None
         if kind is None or scope["method"] != "POST" or not self.settings.cache_enabled:
             await self.app(scope, receive, send)
             return

@@ -1,0 +1,61 @@
+"""Settings: defaults < TOML < SEMPROXY_* environment < flags, each validated with a clear message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from semproxy.config import DEFAULT_UPSTREAM, Settings, default_data_dir, load_settings
+from semproxy.errors import ConfigError
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(environ={})
+    assert settings.upstream == DEFAULT_UPSTREAM
+    assert settings.data_dir == default_data_dir()
+    assert settings.port == 8080 and settings.host == "127.0.0.1"
+
+
+def test_precedence_toml_then_env_then_flags(tmp_path: Path) -> None:
+    config = tmp_path / "semproxy.toml"
+    config.write_text('upstream = "http://toml/v1"\nport = 9000\nsimilarity_threshold = 0.9\n'
+                      'semantic_enabled = false\nnamespace = "team"\n')
+    environ = {"SEMPROXY_PORT": "9100", "SEMPROXY_SIMILARITY_THRESHOLD": "0.97"}
+    settings = load_settings(config_file=config, environ=environ, overrides={"port": 9200, "host": None})
+    assert settings.upstream == "http://toml/v1"  # only in the file
+    assert settings.similarity_threshold == 0.97  # env beats the file
+    assert settings.port == 9200  # the flag beats both
+    assert settings.semantic_enabled is False and settings.namespace == "team"
+    assert settings.host == "127.0.0.1"  # a flag left unset changes nothing
+
+
+def test_config_file_from_the_environment(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("max_entries = 5\n")
+    assert load_settings(environ={"SEMPROXY_CONFIG": str(config)}).max_entries == 5
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("similarity_threshold = 1.5", "similarity_threshold"),
+    ("port = 0", "port"),
+    ("upstream = 'ftp://x'", "upstream"),
+    ("colour = 'blue'", "unknown setting"),
+    ("port = 'many'", "port"),
+    ("semantic_enabled = 'perhaps'", "semantic_enabled"),
+    ("this is not toml", "not valid TOML"),
+])
+def test_bad_settings_are_reported_clearly(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(config_file=config, environ={})
+
+
+def test_bad_environment_value() -> None:
+    with pytest.raises(ConfigError, match="max_entries"):
+        load_settings(environ={"SEMPROXY_MAX_ENTRIES": "lots"})
+
+
+def test_upstream_trailing_slash_is_trimmed() -> None:
+    assert Settings(upstream="http://x/v1/").upstream == "http://x/v1"

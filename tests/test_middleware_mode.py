@@ -1,0 +1,52 @@
+"""Middleware mode: the FastAPI example, served by uvicorn, with the real embedding model."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import ThreadServer
+
+pytestmark = pytest.mark.slow
+
+
+def test_fastapi_example_is_cached_by_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("fastapi")
+    monkeypatch.setenv("SEMPROXY_DATA_DIR", str(tmp_path))
+    example = importlib.import_module("examples.fastapi_app")
+    example = importlib.reload(example)  # settings are read when the app is built
+    body = {"model": "echo", "messages": [{"role": "user", "content": "How do I sort a list in Python?"}]}
+    with ThreadServer(example.app) as server:
+        url = server.url + "/v1/chat/completions"
+        _wait_until_semantic(server.url)
+        first = httpx.post(url, json=body, timeout=30)
+        assert first.status_code == 200 and first.headers["x-semproxy-cache"] == "miss"
+        second = httpx.post(url, json=body, timeout=30)
+        assert second.headers["x-semproxy-cache"] == "exact"
+        assert second.json() == first.json()
+        near = {**body, "messages": [{"role": "user", "content": "How can I sort a list in Python?"}]}
+        reworded = httpx.post(url, json=near, headers={"x-semproxy-threshold": "0.85"}, timeout=30)
+        assert reworded.headers["x-semproxy-cache"] == "semantic"
+        assert reworded.json() == first.json()
+        with httpx.stream("POST", url, json={**body, "stream": True}, timeout=30) as streamed:
+            assert streamed.headers["x-semproxy-cache"] == "exact"
+            events = [line for line in streamed.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]"
+        assert json.loads(events[0][6:])["choices"][0]["delta"]["content"] == first.json()[
+            "choices"][0]["message"]["content"]
+        other = httpx.get(server.url + "/docs")  # the app's own routes are untouched
+        assert other.status_code == 200 and "x-semproxy-cache" not in other.headers
+
+
+def _wait_until_semantic(base: str) -> None:
+    """The model loads in the background after start-up (requests are served meanwhile)."""
+    deadline = time.monotonic() + 60
+    while (health := httpx.get(base + "/semproxy/healthz")).status_code != 200:
+        assert time.monotonic() < deadline, "the cache never became ready"
+        time.sleep(0.1)
+    assert health.json()["semantic"] is True

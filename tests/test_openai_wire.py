@@ -1,0 +1,119 @@
+"""Wire format: SSE parsing, stream assembly (content, tool calls, usage) and replay round trips."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from semproxy.openai import SSEParser, StreamAssembler, prompt_text, replay_stream
+
+
+def _events(stream: bytes, *, split: int) -> list[str]:
+    parser = SSEParser()
+    events: list[str] = []
+    for i in range(0, len(stream), split):  # arbitrary chunk boundaries, as TCP delivers them
+        events += parser.feed(stream[i:i + split])
+    return events
+
+
+@pytest.mark.parametrize("split", [1, 3, 7, 1000])
+def test_sse_parser_handles_any_chunking_and_line_endings(split: int) -> None:
+    stream = b'data: {"a": 1}\r\n\r\n: a comment\n\nevent: x\ndata: line one\ndata: line two\n\ndata: [DONE]\n\n'
+    assert _events(stream, split=split) == ['{"a": 1}', "line one\nline two", "[DONE]"]
+
+
+def _chat_chunk(delta: dict[str, Any], finish: str | None = None, index: int = 0) -> str:
+    return json.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 5, "model": "m",
+                       "choices": [{"index": index, "delta": delta, "finish_reason": finish}]})
+
+
+def test_assembles_tool_calls_and_usage() -> None:
+    assembler = StreamAssembler("chat")
+    for data in [
+        _chat_chunk({"role": "assistant", "content": None}),
+        _chat_chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                     "function": {"name": "get_weather", "arguments": ""}}]}),
+        _chat_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
+        _chat_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
+        _chat_chunk({"tool_calls": [{"index": 1, "id": "call_2", "type": "function",
+                                     "function": {"name": "get_time", "arguments": "{}"}}]}),
+        _chat_chunk({}, finish="tool_calls"),
+        json.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 5, "model": "m", "choices": [],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}),
+        "[DONE]",
+    ]:
+        assembler.feed(data)
+    result = assembler.result()
+    assert result is not None
+    message = result["choices"][0]["message"]
+    assert message["tool_calls"] == [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+        {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
+    ]
+    assert result["choices"][0]["finish_reason"] == "tool_calls"
+    assert result["usage"]["total_tokens"] == 7
+    assert result["object"] == "chat.completion"
+
+
+def test_incomplete_or_failed_streams_assemble_to_nothing() -> None:
+    cut = StreamAssembler("chat")
+    cut.feed(_chat_chunk({"role": "assistant", "content": "Hel"}))
+    assert cut.result() is None  # no finish_reason: the stream was cut
+    failed = StreamAssembler("chat")
+    failed.feed(_chat_chunk({"content": "x"}, finish="stop"))
+    failed.feed(json.dumps({"error": {"message": "overloaded"}}))
+    assert failed.result() is None
+
+
+def test_multiple_choices_assemble_in_order() -> None:
+    assembler = StreamAssembler("chat")
+    assembler.feed(_chat_chunk({"content": "B"}, finish="stop", index=1))
+    assembler.feed(_chat_chunk({"content": "A"}, finish="stop", index=0))
+    result = assembler.result()
+    assert result is not None
+    assert [c["message"]["content"] for c in result["choices"]] == ["A", "B"]
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_replay_then_assemble_gives_back_the_completion(include_usage: bool) -> None:
+    completion = {
+        "id": "chatcmpl-9", "object": "chat.completion", "created": 9, "model": "m", "system_fingerprint": "fp",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi there", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            "logprobs": None, "finish_reason": "tool_calls"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+    }
+    stream = b"".join(replay_stream("chat", completion, include_usage=include_usage))
+    assembler = StreamAssembler("chat")
+    for data in _events(stream, split=5):
+        assembler.feed(data)
+    assert assembler.done
+    expected = completion if include_usage else {k: v for k, v in completion.items() if k != "usage"}
+    assert assembler.result() == expected
+
+
+def test_text_completion_round_trip() -> None:
+    completion = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m",
+                  "choices": [{"index": 0, "text": "once upon", "logprobs": None, "finish_reason": "length"}]}
+    assembler = StreamAssembler("completion")
+    for data in _events(b"".join(replay_stream("completion", completion, include_usage=False)), split=4):
+        assembler.feed(data)
+    assert assembler.result() == completion
+
+
+@pytest.mark.parametrize(("kind", "body", "expected"), [
+    ("chat", {"messages": [{"role": "user", "content": "hi"}]}, "hi"),
+    ("chat", {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
+                                                         {"type": "text", "text": "b"}]}]}, "a\nb"),
+    ("chat", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, None),
+    ("chat", {"messages": [{"role": "user", "content": "q"}, {"role": "tool", "content": "r"}]}, None),
+    ("completion", {"prompt": "p"}, "p"),
+    ("completion", {"prompt": ["p"]}, "p"),
+    ("completion", {"prompt": ["p", "q"]}, None),
+    ("completion", {"prompt": [1, 2, 3]}, None),
+    ("embedding", {"input": "x"}, None),
+])
+def test_prompt_text(kind: str, body: dict[str, Any], expected: str | None) -> None:
+    assert prompt_text(kind, body) == expected  # type: ignore[arg-type]
