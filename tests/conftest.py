@@ -7,16 +7,16 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from collections.abc import AsyncIterator, Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
-import httpx  # noqa: E402
-import pytest  # noqa: E402
+import httpx
+import pytest
 
-from semproxy.app import build_app, build_cache  # noqa: E402
-from semproxy.cache.service import SemanticCache  # noqa: E402
-from semproxy.config import Settings  # noqa: E402
-from tests.fakes import FakeOpenAI, HashingEmbedder  # noqa: E402
+from semproxy.app import build_app, build_cache
+from semproxy.cache.service import SemanticCache
+from semproxy.config import Settings
+from tests.fakes import FakeOpenAI, HashingEmbedder
 
 
 @pytest.fixture

@@ -67,7 +67,8 @@ class ThreadServer:
 
 
 @contextlib.contextmanager
-def semproxy_process(data_dir: Path, upstream: str, *, extra: tuple[str, ...] = ()) -> Iterator[subprocess.Popen[bytes]]:
+def semproxy_process(data_dir: Path, upstream: str, *,
+                     extra: tuple[str, ...] = ()) -> Iterator[subprocess.Popen[bytes]]:
     """`semproxy serve` as a child process, waited on until /healthz says ready."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SEMPROXY_LOG_LEVEL": "warning"}

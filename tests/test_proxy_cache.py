@@ -79,7 +79,8 @@ async def test_system_prompt_and_history_are_part_of_the_scope(proxy: Proxy) -> 
 
     post = proxy.client.post
     await post("/v1/chat/completions", json=conversation("be brief", []))
-    assert (await post("/v1/chat/completions", json=conversation("be brief", []))).headers["x-semproxy-cache"] == "exact"
+    repeat = await post("/v1/chat/completions", json=conversation("be brief", []))
+    assert repeat.headers["x-semproxy-cache"] == "exact"
     other_system = await post("/v1/chat/completions", json=conversation("be verbose", []))
     history = [{"role": "user", "content": "capital of France?"}, {"role": "assistant", "content": "Paris"}]
     other_history = await post("/v1/chat/completions", json=conversation("be brief", history))

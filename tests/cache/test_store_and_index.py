@@ -71,7 +71,7 @@ def test_concurrent_readers_and_a_writer(tmp_path: Path) -> None:
             for entry in entries:
                 found = store.get_exact(entry.key.exact)
                 assert found is None or found.response == entry.response
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=write)] + [threading.Thread(target=read) for _ in range(4)]
