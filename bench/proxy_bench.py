@@ -1,14 +1,17 @@
 """What semproxy costs and saves per request, measured side by side in one run.
 
 Against an instant local upstream (bench/fake_upstream.py, its own process), at concurrency 1, the
-scenarios are interleaved request by request so that machine drift hits all of them alike:
+scenarios are interleaved request by request so that machine drift hits all of them alike, with a short
+idle gap before each (torch's OpenMP threads spin for a while after a forward pass; without the gap, one
+process's spinning threads slow the next process's forward pass and the comparison measures that):
 
     direct        client -> upstream
     bypass        client -> semproxy (Cache-Control: no-store) -> upstream: pure proxy overhead
     miss          a new prompt: exact lookup + embedding + search + forward + store
     exact         a repeated prompt
     semantic      a reworded prompt (threshold lowered by header, so every variant is a semantic hit)
-    embed         one forward pass of the same embedding model in this process, no HTTP at all
+    embed         one forward pass of the same model in this process on the semantic scenario's text
+    embed_miss    the same on the miss scenario's text (real ShareGPT prompts, longer)
     litellm_*     LiteLLM's proxy, pass-through and with its in-memory cache (if bench/rivals is installed)
 
 Then throughput of semantic hits at concurrency 1 and 32 (micro-batching), and GPTCache's semantic lookup.
@@ -97,7 +100,8 @@ class Scenario:
         self.ms: list[float] = []
         self.outcomes: Counter[str] = Counter()
 
-    def run(self, i: int) -> None:
+    def run(self, i: int, *, gap: float) -> None:
+        time.sleep(gap)  # let the previous operation's threads go idle: no request starts on a busy CPU
         started = time.perf_counter()
         outcome = self.send(i)
         self.ms.append((time.perf_counter() - started) * 1000)
@@ -111,15 +115,16 @@ def _scenarios(client: httpx.Client, upstream: str, proxy: str, rivals: dict[str
         response.raise_for_status()
         return response.headers.get("x-semproxy-cache")
 
-    fresh = iter(_fresh_prompts())
+    fresh = _fresh_prompts()
     loose = {"x-semproxy-threshold": "0.5"}
     scenarios = [
         Scenario("direct", lambda i: post(upstream, _chat(QUESTIONS[i % 12]))),
         Scenario("bypass", lambda i: post(proxy, _chat(QUESTIONS[i % 12]), **{"cache-control": "no-store"})),
-        Scenario("miss", lambda i: post(proxy, _chat(next(fresh)))),
+        Scenario("miss", lambda i: post(proxy, _chat(fresh[i]))),
         Scenario("exact", lambda i: post(proxy, _chat(QUESTIONS[i % 12]))),
         Scenario("semantic", lambda i: post(proxy, _chat(f"{QUESTIONS[i % 12]} Variant {i}."), **loose)),
-        Scenario("embed", lambda i: embed(f"{QUESTIONS[i % 12]} Variant {i}.")),
+        Scenario("embed", lambda i: embed(f"{QUESTIONS[i % 12]} Variant {i}.")),  # the semantic scenario's text
+        Scenario("embed_miss", lambda i: embed(fresh[i])),  # the miss scenario's text
     ]
     for name, base in rivals.items():
         scenarios.append(Scenario(name, lambda i, base=base: post(base, _chat(QUESTIONS[i % 12]))))
@@ -189,6 +194,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="requests per scenario at concurrency 1")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--throughput-requests", type=int, default=1500)
+    parser.add_argument("--gap", type=float, default=0.01, help="idle seconds before each timed request")
     parser.add_argument("--no-rivals", action="store_true")
     parser.add_argument("--quick", action="store_true", help="a smoke run with few requests")
     args = parser.parse_args()
@@ -219,10 +225,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         scenarios = _scenarios(client, upstream, proxy, rivals, _load_embedder())
         for i in range(20):  # warm-up: connections, caches, the model's first calls
             for scenario in scenarios:
-                scenario.send(10_000 + i)
+                scenario.send(args.requests + i)  # indices the timed loop never uses
         for i in range(args.requests):
             for scenario in scenarios:
-                scenario.run(i)
+                scenario.run(i, gap=args.gap)
         c1 = asyncio.run(_throughput(proxy, 1, max(100, args.throughput_requests // 8), 100_000))
         cn = asyncio.run(_throughput(proxy, args.concurrency, args.throughput_requests, 200_000))
     return {

@@ -1,6 +1,6 @@
 """The composition root: the only place that picks concrete classes and wires them together.
 
-    SemanticCacheMiddleware( Router( /healthz, /v1 -> UpstreamProxy(httpx.AsyncClient) ) )
+    SemanticCacheMiddleware( route: /v1/* -> UpstreamProxy(httpx transport), else Starlette(/healthz) )
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 
 from semproxy.cache.embedder import Embedder, SentenceTransformerEmbedder
 from semproxy.cache.index import FaissIndex
@@ -22,7 +22,7 @@ from semproxy.cache.service import CachePolicy, SemanticCache
 from semproxy.cache.store import SqliteStore
 from semproxy.config import Settings
 from semproxy.errors import error_body
-from semproxy.middleware.asgi import ASGIApp
+from semproxy.middleware.asgi import ASGIApp, Receive, Scope, Send
 from semproxy.middleware.cache import SemanticCacheMiddleware
 from semproxy.upstream.proxy import UpstreamProxy
 
@@ -49,14 +49,10 @@ def build_cache(
     )
 
 
-def build_client(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    """The upstream HTTP client; without httpx's default headers, so requests go out as the client sent them."""
-    timeout = httpx.Timeout(settings.upstream_read_timeout, connect=settings.upstream_connect_timeout)
+def build_transport() -> httpx.AsyncBaseTransport:
+    """The upstream connection pool."""
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=60)
-    client = httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport, trust_env=False)
-    for name in list(client.headers.keys()):
-        del client.headers[name]
-    return client
+    return httpx.AsyncHTTPTransport(limits=limits)
 
 
 def build_app(
@@ -67,13 +63,14 @@ def build_app(
 ) -> ASGIApp:
     """The stand-alone proxy. `transport` replaces the network (tests pass an httpx.MockTransport)."""
     cache = cache or build_cache(settings)
-    client = build_client(settings, transport=transport)
-    proxy = UpstreamProxy(client, base_url=settings.upstream, api_key=settings.upstream_api_key)
+    transport = transport or build_transport()
+    timeout = httpx.Timeout(settings.upstream_read_timeout, connect=settings.upstream_connect_timeout)
+    proxy = UpstreamProxy(transport, base_url=settings.upstream, timeout=timeout, api_key=settings.upstream_api_key)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         yield
-        await client.aclose()
+        await transport.aclose()
 
     async def healthz(_: Request) -> JSONResponse:
         if not settings.cache_enabled:
@@ -86,6 +83,14 @@ def build_app(
                           error_type="invalid_request_error", code="not_found")
         return Response(body, status_code=404, media_type="application/json")
 
-    router = Starlette(routes=[Route("/healthz", healthz), Mount("/v1", app=proxy)], lifespan=lifespan,
-                       exception_handlers={404: not_found})
-    return SemanticCacheMiddleware(router, settings=settings, cache=cache)
+    service = Starlette(routes=[Route("/healthz", healthz)], lifespan=lifespan, exception_handlers={404: not_found})
+
+    async def route(scope: Scope, receive: Receive, send: Send) -> None:
+        # The API goes straight to the proxy: Starlette's router and error middlewares cost more per request
+        # than everything else semproxy adds to a forwarded one.
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            await proxy(scope, receive, send)
+        else:
+            await service(scope, receive, send)
+
+    return SemanticCacheMiddleware(route, settings=settings, cache=cache)

@@ -51,7 +51,6 @@ class Settings:
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     similarity_threshold: float = 0.95
     semantic_top_k: int = 4
-    semantic_max_chars: int = 2000
     ttl_seconds: int = 7 * 24 * 3600
     max_entries: int = 100_000
     max_temperature: float = 1.0

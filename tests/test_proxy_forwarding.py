@@ -163,3 +163,12 @@ async def test_unknown_paths_get_an_openai_shaped_404(proxy: Proxy) -> None:
     response = await proxy.client.get("/nope")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+async def test_upstream_cookies_never_ride_along_on_other_requests(proxy: Proxy, upstream: FakeOpenAI) -> None:
+    upstream.extra_headers["set-cookie"] = "__cf_bm=tenant-a-session; path=/"
+    first = await proxy.chat("hello", headers={"authorization": "Bearer sk-a"})
+    assert first.headers["set-cookie"].startswith("__cf_bm=")  # relayed to the client that got it...
+    proxy.client.cookies.clear()  # (the test's own client would send it back, as a browser would)
+    await proxy.chat("something else", headers={"authorization": "Bearer sk-b"})
+    assert "cookie" not in upstream.calls[-1].headers  # ...but never replayed upstream by semproxy

@@ -6,10 +6,10 @@ cancels the upstream request, whether it was still waiting for headers or halfwa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable
 
-import anyio
 import httpx
 
 from semproxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
@@ -43,12 +43,19 @@ def map_httpx_error(exc: httpx.TransportError) -> UpstreamError:
 
 
 class UpstreamProxy:
-    """An ASGI app that forwards everything it receives to `base_url` (mount it where the API lives)."""
+    """An ASGI app that forwards requests under `prefix` to `base_url`.
 
-    def __init__(self, client: httpx.AsyncClient, *, base_url: str, api_key: str | None = None) -> None:
-        self.client = client
+    It talks to an httpx transport, not a client: a proxy must not keep a cookie jar (one tenant's cookies
+    would ride along on another's requests), follow redirects or add headers of its own.
+    """
+
+    def __init__(self, transport: httpx.AsyncBaseTransport, *, base_url: str, timeout: httpx.Timeout,
+                 api_key: str | None = None, prefix: str = "/v1") -> None:
+        self.transport = transport
         self.base_url = base_url.rstrip("/")
+        self.timeout = timeout.as_dict()
         self.api_key = api_key
+        self.prefix = prefix.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,14 +72,14 @@ class UpstreamProxy:
         await _until_disconnect(receive, self._exchange(request, send))
 
     def _request(self, scope: Scope, content: bytes | AsyncIterator[bytes] | None) -> httpx.Request:
-        return self.client.build_request(
-            scope["method"], self._url(scope), headers=self._headers(scope["headers"]), content=content)
+        return httpx.Request(scope["method"], self._url(scope), headers=self._headers(scope["headers"]),
+                             content=content, extensions={"timeout": self.timeout})
 
     def _url(self, scope: Scope) -> str:
         # raw_path keeps the client's percent-encoding (a file id with %2F must stay one path segment).
-        root: bytes = scope.get("root_path", "").encode()
         path: bytes = scope.get("raw_path") or scope["path"].encode()
-        relative = path[len(root):] if root and path.startswith(root) else path
+        root = scope.get("root_path", "").encode() + self.prefix
+        relative = path[len(root):] if path.startswith(root) else path
         query: bytes = scope.get("query_string", b"")
         return self.base_url + relative.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
 
@@ -85,7 +92,7 @@ class UpstreamProxy:
 
     async def _exchange(self, request: httpx.Request, send: Send, receive: Receive | None = None) -> None:
         try:
-            response = await self.client.send(request, stream=True)
+            response = await self.transport.handle_async_request(request)
         except httpx.TransportError as exc:
             error = map_httpx_error(exc)
             log.warning("upstream %s %s failed: %s", request.method, request.url, error)
@@ -124,14 +131,28 @@ async def _body_stream(receive: Receive) -> AsyncIterator[bytes]:
 
 
 async def _until_disconnect(receive: Receive, work: Awaitable[None]) -> None:
-    """Run `work`; if the client disconnects first, cancel it (which closes the upstream request)."""
-    async with anyio.create_task_group() as group:
+    """Run `work`; if the client disconnects first, cancel it (which closes the upstream request).
 
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            group.cancel_scope.cancel()
+    Plain asyncio rather than a task group: this wraps every forwarded request, and a task group costs
+    several times more than one watcher task.
+    """
+    current = asyncio.current_task()
+    assert current is not None
+    hung_up = False
 
-        group.start_soon(watch)
+    async def watch() -> None:
+        nonlocal hung_up
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        hung_up = True
+        current.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
         await work
-        group.cancel_scope.cancel()
+    except asyncio.CancelledError:
+        if not hung_up:
+            raise
+        current.uncancel()  # our own cancellation: the client is gone, nothing is left to do
+    finally:
+        watcher.cancel()

@@ -1,0 +1,95 @@
+"""semproxy's own vector index (semproxy.cache.index.FaissIndex) with one scope of 1,000,000 entries.
+
+bench/faiss_scale.py compares raw FAISS index types to choose one; this script measures what semproxy
+actually does with its choice: a scope filled past `large_scope_entries` is rebuilt as IVF with the
+parameters FaissIndex picks itself, then searched one query at a time through FaissIndex.search, as a
+lookup does. Same synthetic-around-real vectors as faiss_scale.py (real all-MiniLM-L6-v2 embeddings of
+QQP and ShareGPT texts plus noise; held-out queries).
+
+    .venv/bin/python bench/index_scale.py            # 1M entries, a few minutes (embeddings cached by faiss_scale.py)
+    .venv/bin/python bench/index_scale.py --n 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.faiss_scale import build_dataset, data_dir, load_real_embeddings  # noqa: E402
+from semproxy.cache.index import FaissIndex  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "index_scale.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=1000)
+    args = parser.parse_args()
+    real, _ = load_real_embeddings(data_dir(), torch_threads=1)
+    data = build_dataset(real, args.n, args.queries, 1000, np.random.default_rng(20240601))
+    index = FaissIndex(real.shape[1])
+    started = time.perf_counter()
+    for begin in range(0, args.n, 100_000):
+        index.add("scope", data.ids[begin:begin + 100_000].tolist(), data.xb[begin:begin + 100_000])
+    add_s = time.perf_counter() - started
+    started = time.perf_counter()
+    index.rebuild("scope")
+    rebuild_s = time.perf_counter() - started
+    truth = _exact_top4(data.xb, data.ids, data.xq)
+    found, latencies = _search_all(index, data.xq)
+    report = {
+        "entries": args.n, "queries": args.queries, "dataset": data.meta,
+        "index": _describe(index), "fill_seconds": round(add_s, 1), "rebuild_seconds": round(rebuild_s, 1),
+        "search_ms": {"p50": round(statistics.median(latencies), 3),
+                      "p99": round(sorted(latencies)[int(0.99 * (len(latencies) - 1))], 3)},
+        "recall_at_1": round(float(np.mean(found[:, 0] == truth[:, 0])), 4),
+        "recall_at_4": round(float(np.mean([len(set(f) & set(t)) / 4 for f, t in zip(found, truth, strict=True)])), 4),
+        "remove_1000_ms": _remove_timing(index, data.ids),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k != "dataset"}, indent=2))
+
+
+def _exact_top4(xb: np.ndarray, ids: np.ndarray, xq: np.ndarray) -> np.ndarray:
+    flat = faiss.IndexFlatIP(xb.shape[1])
+    flat.add(xb)
+    _, rows = flat.search(xq, 4)
+    return ids[rows]
+
+
+def _search_all(index: FaissIndex, xq: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    found = np.full((len(xq), 4), -1, dtype=np.int64)
+    latencies = []
+    for row, query in enumerate(xq):
+        started = time.perf_counter()
+        hits = index.search("scope", query, 4)
+        latencies.append((time.perf_counter() - started) * 1000)
+        found[row, :len(hits)] = [entry_id for entry_id, _ in hits]
+    return found, latencies
+
+
+def _describe(index: FaissIndex) -> dict[str, object]:
+    inner = index._scopes["scope"]  # reading its parameters only
+    return {"type": type(inner).__name__, "nlist": int(inner.nlist), "nprobe": int(inner.nprobe)}
+
+
+def _remove_timing(index: FaissIndex, ids: np.ndarray) -> float:
+    started = time.perf_counter()
+    for entry_id in ids[:1000]:  # one at a time, as LRU and TTL eviction do
+        index.remove("scope", [int(entry_id)])
+    return round((time.perf_counter() - started) * 1000, 1)
+
+
+if __name__ == "__main__":
+    main()
