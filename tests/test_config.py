@@ -68,7 +68,8 @@ def test_the_annotated_example_config_is_valid_and_complete() -> None:
     path = Path(__file__).resolve().parents[1] / "examples" / "semproxy.toml"
     settings = load_settings(config_file=path, environ={})
     text = path.read_text()
-    commented = {line.lstrip("# ").split(" ")[0] for line in text.splitlines() if line.startswith("# ") and " = " in line}
+    commented = {line.lstrip("# ").split(" ")[0] for line in text.splitlines()
+                 if line.startswith("# ") and " = " in line}
     documented = set(tomllib.loads(text)) | commented
     assert documented == {f.name for f in dataclasses.fields(Settings)}
     assert settings.similarity_threshold == Settings().similarity_threshold
