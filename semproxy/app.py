@@ -1,6 +1,7 @@
 """The composition root: the only place that picks concrete classes and wires them together.
 
-    SemanticCacheMiddleware( route: /v1/* -> UpstreamProxy(httpx transport), else Starlette(/healthz) )
+    SemanticCacheMiddleware( CompressionMiddleware( route: /v1/* -> UpstreamProxy(httpx transport),
+                                                           else Starlette(/healthz) ) )
 """
 
 from __future__ import annotations
@@ -20,10 +21,16 @@ from semproxy.cache.embedder import Embedder, SentenceTransformerEmbedder
 from semproxy.cache.index import FaissIndex
 from semproxy.cache.service import CachePolicy, SemanticCache
 from semproxy.cache.store import SqliteStore
+from semproxy.compress.compressor import Compressor, SpanSafeCompressor
+from semproxy.compress.models import resolve_compression_model
+from semproxy.compress.scorers import PerplexityScorer, TokenClassifierScorer, load_prompt_compressor
+from semproxy.compress.service import CompressionPolicy, CompressionService
+from semproxy.compress.tokens import install_offline_encodings
 from semproxy.config import Settings
 from semproxy.errors import error_body
 from semproxy.middleware.asgi import ASGIApp, Receive, Scope, Send
 from semproxy.middleware.cache import SemanticCacheMiddleware
+from semproxy.middleware.compression import CompressionMiddleware
 from semproxy.upstream.proxy import UpstreamProxy
 
 
@@ -49,6 +56,43 @@ def build_cache(
     )
 
 
+def build_compression(settings: Settings) -> CompressionService:
+    """The compression service: LLMLingua scoring, protected spans, results stored in the data dir."""
+    policy = CompressionPolicy(
+        rate=settings.compression_rate, min_tokens=settings.compression_min_tokens, wait=settings.compression_wait,
+        fingerprint="|".join([settings.compression_method, settings.compression_model,
+                              settings.compression_keep_start, settings.compression_keep_end]),
+    )
+    return CompressionService(load_compressor=partial(load_compressor, settings),
+                              db_path=settings.data_dir / "compression.sqlite3", policy=policy)
+
+
+def load_compressor(settings: Settings) -> Compressor:
+    """Make tiktoken offline, prepare the model folder, load it into llmlingua (slow: run it off the loop)."""
+    install_offline_encodings(settings.data_dir / "tiktoken")
+    model = resolve_compression_model(settings.compression_model, models_dir=settings.data_dir / "models")
+    llmlingua2 = settings.compression_method == "llmlingua2"
+    prompt_compressor = load_prompt_compressor(model, llmlingua2=llmlingua2)
+    scorer = TokenClassifierScorer(prompt_compressor) if llmlingua2 else PerplexityScorer(prompt_compressor)
+    return SpanSafeCompressor(scorer, keep_markers=(settings.compression_keep_start, settings.compression_keep_end))
+
+
+def compression_layer(app: ASGIApp, settings: Settings, service: CompressionService | None = None) -> ASGIApp:
+    """`app` behind the compression middleware, if compression is on."""
+    if not settings.compression_enabled:
+        return app
+    return CompressionMiddleware(app, service=service or build_compression(settings),
+                                 max_body_bytes=settings.max_body_bytes)
+
+
+def _compression_state(service: CompressionService | None) -> str:
+    if service is None:
+        return "off"
+    if service.problem is not None:
+        return f"failed: {service.problem}"
+    return "ready" if service.ready else "loading"
+
+
 def build_transport() -> httpx.AsyncBaseTransport:
     """The upstream connection pool."""
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=60)
@@ -60,6 +104,7 @@ def build_app(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     cache: SemanticCache | None = None,
+    compression: CompressionService | None = None,
 ) -> ASGIApp:
     """The stand-alone proxy. `transport` replaces the network (tests pass an httpx.MockTransport)."""
     cache = cache or build_cache(settings)
@@ -72,10 +117,11 @@ def build_app(
         yield
         await transport.aclose()
 
+    compression = compression or (build_compression(settings) if settings.compression_enabled else None)
+
     async def healthz(_: Request) -> JSONResponse:
-        if not settings.cache_enabled:
-            return JSONResponse({"status": "ok", "cache": False})
-        status, report = cache.health()
+        status, report = cache.health() if settings.cache_enabled else (200, {"status": "ok", "cache": False})
+        report["compression"] = _compression_state(compression)
         return JSONResponse(report, status_code=status)
 
     async def not_found(request: Request, _: Exception) -> Response:
@@ -93,4 +139,4 @@ def build_app(
         else:
             await service(scope, receive, send)
 
-    return SemanticCacheMiddleware(route, settings=settings, cache=cache)
+    return SemanticCacheMiddleware(compression_layer(route, settings, compression), settings=settings, cache=cache)

@@ -59,6 +59,16 @@ class Settings:
     embed_batch_size: int = 64
     large_scope_entries: int = 20_000
 
+    # Compression of long system prompts
+    compression_enabled: bool = True
+    compression_method: str = "llmlingua"  # or "llmlingua2" (a token-classification model)
+    compression_model: str = "SmolLM2-135M-Instruct"
+    compression_rate: float = 0.5
+    compression_min_tokens: int = 200
+    compression_wait: bool = False
+    compression_keep_start: str = "<keep>"
+    compression_keep_end: str = "</keep>"
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
         object.__setattr__(self, "upstream", self.upstream.rstrip("/"))
@@ -73,6 +83,11 @@ class Settings:
         _check(self.embed_batch_size >= 1, "embed_batch_size must be at least 1")
         _check(self.upstream_connect_timeout > 0 and self.upstream_read_timeout > 0, "timeouts must be > 0")
         _check(self.large_scope_entries >= 1000, "large_scope_entries must be at least 1000")
+        _check(self.compression_method in ("llmlingua", "llmlingua2"),
+               "compression_method must be 'llmlingua' or 'llmlingua2'")
+        _check(0.0 < self.compression_rate <= 1.0, "compression_rate must be above 0 and at most 1")
+        _check(self.compression_min_tokens >= 0, "compression_min_tokens must be >= 0")
+        _check(bool(self.compression_keep_start and self.compression_keep_end), "keep markers must not be empty")
 
     @property
     def db_path(self) -> Path:

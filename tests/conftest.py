@@ -7,7 +7,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -17,6 +17,17 @@ from semproxy.app import build_app, build_cache
 from semproxy.cache.service import SemanticCache
 from semproxy.config import Settings
 from tests.fakes import FakeOpenAI, HashingEmbedder
+
+
+@pytest.fixture(scope="session")
+def offline_encodings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """tiktoken's encodings installed from the bundled files."""
+    from semproxy.compress.tokens import install_offline_encodings
+
+    patch = pytest.MonkeyPatch()
+    patch.delenv("TIKTOKEN_CACHE_DIR", raising=False)
+    yield install_offline_encodings(tmp_path_factory.mktemp("tiktoken"))
+    patch.undo()
 
 
 @pytest.fixture
@@ -36,7 +47,8 @@ def embedder() -> HashingEmbedder:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", upstream="http://upstream.test/v1", similarity_threshold=0.8)
+    return Settings(data_dir=tmp_path / "data", upstream="http://upstream.test/v1", similarity_threshold=0.8,
+                    compression_enabled=False)
 
 
 class Proxy:
@@ -60,9 +72,9 @@ async def make_proxy(upstream: FakeOpenAI, embedder: HashingEmbedder, settings: 
     started: list[tuple[SemanticCache, httpx.AsyncClient]] = []
 
     async def make(*, settings: Settings = settings, embedder: HashingEmbedder | None = embedder,
-                   start: bool = True, **cache_options: object) -> Proxy:
+                   start: bool = True, compression: object = None, **cache_options: object) -> Proxy:
         cache = build_cache(settings, load_embedder=(lambda: embedder) if embedder else None, **cache_options)
-        app = build_app(settings, transport=upstream.transport(), cache=cache)
+        app = build_app(settings, transport=upstream.transport(), cache=cache, compression=compression)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://semproxy.test")
         if start:
             await cache.start()

@@ -256,3 +256,24 @@ def _embeddings(body: dict[str, Any]) -> bytes:
             for i, text in enumerate(inputs)]
     return json.dumps({"object": "list", "data": data, "model": body["model"],
                        "usage": {"prompt_tokens": 3, "total_tokens": 3}}).encode()
+
+
+# ---------------------------------------------------------------- compression
+
+
+class FakeScorer:
+    """Scores words by a stable hash: a deterministic stand-in for an LLMLingua model's judgement."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def score(self, text: str, units: Sequence[Any], *, rate: float) -> list[float]:
+        self.calls += 1
+        return [float(hashlib.blake2b(text[u.start:u.end].encode(), digest_size=2).digest()[0]) for u in units]
+
+
+class FailingScorer:
+    """A compressor model that loads, then fails on every prompt."""
+
+    def score(self, text: str, units: Sequence[Any], *, rate: float) -> list[float]:
+        raise RuntimeError("compressor exploded")

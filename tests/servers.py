@@ -67,11 +67,12 @@ class ThreadServer:
 
 
 @contextlib.contextmanager
-def semproxy_process(data_dir: Path, upstream: str, *,
-                     extra: tuple[str, ...] = ()) -> Iterator[subprocess.Popen[bytes]]:
+def semproxy_process(data_dir: Path, upstream: str, *, extra: tuple[str, ...] = (),
+                     env_extra: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """`semproxy serve` as a child process, waited on until /healthz says ready."""
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SEMPROXY_LOG_LEVEL": "warning"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SEMPROXY_LOG_LEVEL": "warning",
+           "SEMPROXY_COMPRESSION_ENABLED": "false", **(env_extra or {})}
     command = [sys.executable, "-m", "semproxy", "serve", "--port", str(port), "--upstream", upstream,
                "--data-dir", str(data_dir), *extra]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

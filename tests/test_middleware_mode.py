@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow
 def test_fastapi_example_is_cached_by_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("fastapi")
     monkeypatch.setenv("SEMPROXY_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("SEMPROXY_COMPRESSION_ENABLED", "false")  # this test is about the cache
     example = importlib.import_module("examples.fastapi_app")
     example = importlib.reload(example)  # settings are read when the app is built
     body = {"model": "echo", "messages": [{"role": "user", "content": "How do I sort a list in Python?"}]}

@@ -137,7 +137,8 @@ async def test_a_failing_store_never_fails_the_request(proxy: Proxy, settings: S
 async def test_a_store_that_cannot_open_leaves_a_working_proxy(tmp_path, upstream: FakeOpenAI) -> None:  # type: ignore[no-untyped-def]
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the data dir should be")
-    settings = Settings(data_dir=blocker, upstream="http://upstream.test/v1", semantic_enabled=False)
+    settings = Settings(data_dir=blocker, upstream="http://upstream.test/v1", semantic_enabled=False,
+                        compression_enabled=False)
     cache = build_cache(settings)
     app = build_app(settings, transport=upstream.transport(), cache=cache)
     await cache.start()
@@ -156,7 +157,7 @@ async def test_healthz_waits_for_the_models(make_proxy) -> None:  # type: ignore
     await proxy.cache.start()
     health = await proxy.client.get("/healthz")
     assert health.status_code == 200
-    assert health.json() == {"status": "ok", "semantic": True, "problems": []}
+    assert health.json() == {"status": "ok", "semantic": True, "problems": [], "compression": "off"}
 
 
 async def test_unknown_paths_get_an_openai_shaped_404(proxy: Proxy) -> None:

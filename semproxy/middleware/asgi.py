@@ -73,3 +73,27 @@ async def send_response(send: Send, status: int, body: bytes, headers: RawHeader
 
 JSON_HEADERS: RawHeaders = [(b"content-type", b"application/json")]
 SSE_HEADERS: RawHeaders = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+
+
+def request_info(scope: Scope) -> dict[str, Any]:
+    """Per-request facts the layers report (cache outcome, tokens saved, ...), for the statistics.
+
+    The outermost layer creates the dict; inner layers receive copies of the scope that share it.
+    """
+    info: dict[str, Any] = scope.setdefault("semproxy", {})
+    return info
+
+
+def lifespan_hooks(receive: Receive, *, on_startup: Callable[[], object],
+                   on_shutdown: Callable[[], Awaitable[None]]) -> Receive:
+    """Wrap a lifespan `receive` so a middleware starts and stops its components with the server."""
+
+    async def lifespan_receive() -> Message:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            on_startup()
+        elif message["type"] == "lifespan.shutdown":
+            await on_shutdown()
+        return message
+
+    return lifespan_receive

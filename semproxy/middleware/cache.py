@@ -23,13 +23,14 @@ from semproxy.middleware.asgi import (
     JSON_HEADERS,
     SSE_HEADERS,
     ASGIApp,
-    Message,
     Receive,
     Scope,
     Send,
     header,
+    lifespan_hooks,
     read_body,
     replay,
+    request_info,
     route_path,
     send_response,
 )
@@ -59,12 +60,13 @@ class SemanticCacheMiddleware:
         cache: SemanticCache | None = None,
         routes: Mapping[str, Kind] = DEFAULT_ROUTES,
     ) -> None:
-        self.app = app
         self.settings = settings or Settings()
-        if cache is None:
-            from semproxy.app import build_cache  # the composition root picks the concrete parts
+        if cache is None:  # middleware mode: the composition root picks the concrete parts
+            from semproxy.app import build_cache, compression_layer
 
             cache = build_cache(self.settings)
+            app = compression_layer(app, self.settings)
+        self.app = app
         self.cache = cache
         self.routes = dict(routes)
         self.flights = SingleFlight()
@@ -72,8 +74,10 @@ class SemanticCacheMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self.app(scope, self._lifespan_receive(receive), send)
+            await self.app(scope, lifespan_hooks(receive, on_startup=self.start, on_shutdown=self.cache.close), send)
             return
+        if scope["type"] == "http":
+            request_info(scope)  # created here, shared by the inner layers' copies of the scope
         path = route_path(scope) if scope["type"] == "http" else None
         if path == HEALTH_PATH:
             self.start()
@@ -92,16 +96,6 @@ class SemanticCacheMiddleware:
         if self._starting is None and self.settings.cache_enabled:
             self._starting = asyncio.get_running_loop().create_task(self.cache.start())
 
-    def _lifespan_receive(self, receive: Receive) -> Receive:
-        async def lifespan_receive() -> Message:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                self.start()
-            elif message["type"] == "lifespan.shutdown":
-                await self.cache.close()
-            return message
-
-        return lifespan_receive
 
 
 class CacheResponder:
@@ -114,6 +108,7 @@ class CacheResponder:
         self.kind = kind
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.info = request_info(scope)
         try:
             raw = await read_body(receive, limit=self.settings.max_body_bytes,
                                   declared=header(scope, b"content-length"))
@@ -126,6 +121,7 @@ class CacheResponder:
         scope = _identity_encoding(scope)
         receive = replay(raw, receive)
         if key is None or not (request_controls.lookup or request_controls.store):
+            self.info["cache"] = "bypass"
             await self.middleware.app(scope, receive, ResponseCapture(
                 send, kind=self.kind, stream=is_stream(body), outcome="bypass", store=None))
             return
@@ -164,11 +160,13 @@ class CacheResponder:
         async def store(response: bytes) -> None:
             await self.cache.put(key, response, vector=lookup.vector, ttl_seconds=request_controls.ttl_seconds)
 
+        self.info["cache"] = outcome
         capture = ResponseCapture(send, kind=self.kind, stream=is_stream(body), outcome=outcome,
                                   store=store if request_controls.store else None)
         await self.middleware.app(scope, receive, capture)
 
     async def _send_hit(self, send: Send, body: JSON, hit: CacheHit) -> None:
+        self.info.update(cache=hit.tier, similarity=hit.similarity)
         headers = [(b"x-semproxy-cache", hit.tier.encode())]
         if hit.similarity is not None:
             headers.append((b"x-semproxy-similarity", f"{hit.similarity:.4f}".encode()))

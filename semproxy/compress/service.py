@@ -1,0 +1,176 @@
+"""The compression service: results cached on disk by prompt, new prompts compressed off the request path.
+
+A prompt seen for the first time is forwarded as it is while a background thread compresses it (or, in
+`wait` mode, the request waits for it); every later request with that prompt reuses the stored result,
+so once a prompt has been seen, compression costs a hash and a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from semproxy.compress.compressor import ALGORITHM_VERSION, CompressionResult, Compressor
+from semproxy.compress.tokens import count_tokens
+
+log = logging.getLogger("semproxy.compress")
+
+MEMORY_ENTRIES = 4096
+MAX_PENDING = 256
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CompressionPolicy:
+    """What gets compressed, how hard, and when."""
+
+    rate: float = 0.5
+    min_tokens: int = 200
+    wait: bool = False
+    fingerprint: str = ""  # method, model and protection settings: part of every stored result's key
+
+
+class CompressionService:
+    """Looks up, schedules and stores compressions; never raises into a request."""
+
+    def __init__(self, *, load_compressor: Callable[[], Compressor], db_path: Path,
+                 policy: CompressionPolicy) -> None:
+        self.policy = policy
+        self._load_compressor = load_compressor
+        self._db_path = db_path
+        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="semproxy-compress")
+        self._compressor: Compressor | None = None
+        self._db: sqlite3.Connection | None = None
+        self._db_lock = threading.Lock()
+        self._memory: OrderedDict[str, CompressionResult | None] = OrderedDict()  # None: below min_tokens
+        self._memory_lock = threading.Lock()
+        self._pending: set[str] = set()
+        self._started = False
+        self.problem: str | None = None
+
+    # ---------------------------------------------------------------- life cycle
+
+    def start(self) -> None:
+        """Load the model on the compression thread; prompts submitted meanwhile queue behind it."""
+        if not self._started:
+            self._started = True
+            self._thread.submit(self._load)
+
+    def _load(self) -> None:
+        try:
+            self._db = self._open_db()
+            self._compressor = self._load_compressor()
+            log.info("compression ready (rate %.2f, prompts of %d tokens or more)", self.policy.rate,
+                     self.policy.min_tokens)
+        except Exception as exc:
+            self.problem = f"{type(exc).__name__}: {exc}"
+            log.error("compression is off: the compressor could not load (%s); prompts go out as they are",
+                      self.problem)
+
+    def _open_db(self) -> sqlite3.Connection:
+        self._db_path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self._db_path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE IF NOT EXISTS compressions (key TEXT PRIMARY KEY, result TEXT NOT NULL, "
+                   "created_at REAL NOT NULL)")
+        return db
+
+    @property
+    def ready(self) -> bool:
+        """Whether the compressor is loaded."""
+        return self._compressor is not None
+
+    async def close(self) -> None:
+        """Let the current compression finish; drop the queue."""
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+    # ---------------------------------------------------------------- requests
+
+    def key(self, text: str) -> str:
+        """Stored results are keyed by the prompt and everything that shapes its compression."""
+        material = f"{ALGORITHM_VERSION}\0{self.policy.fingerprint}\0{self.policy.rate}\0".encode() + text.encode()
+        return hashlib.sha256(material).hexdigest()
+
+    async def compressed(self, text: str) -> CompressionResult | None:
+        """The compression of a prompt if it is known (or, in wait mode, once it is made); else schedule it.
+
+        None means: send the prompt as it is (too short, not compressed yet, or compression failed).
+        """
+        key = self.key(text)
+        with self._memory_lock:
+            if key in self._memory:
+                self._memory.move_to_end(key)
+                return self._memory[key]
+        if self._compressor is None and self.problem is not None:
+            return None
+        if self.policy.wait and self.ready:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, self._produce, key, text)
+        self._schedule(key, text)
+        return None
+
+    def _schedule(self, key: str, text: str) -> None:
+        if key in self._pending:
+            return
+        if len(self._pending) >= MAX_PENDING:
+            log.warning("compression queue full; a prompt goes out uncompressed until it frees up")
+            return
+        self._pending.add(key)
+        self._thread.submit(self._produce, key, text)
+
+    def _produce(self, key: str, text: str) -> CompressionResult | None:
+        """On the compression thread: stored result, or below the threshold, or a fresh compression."""
+        try:
+            result = self._stored(key)
+            if result is None and count_tokens(text) >= self.policy.min_tokens and self._compressor is not None:
+                started = time.perf_counter()
+                result = self._compressor.compress(text, rate=self.policy.rate)
+                log.info("compressed a system prompt: %s tokens in %.1f s", result.tokens["cl100k_base"],
+                         time.perf_counter() - started)
+                self._store(key, result)
+            self._remember(key, result)
+            return result
+        except Exception:
+            log.exception("compressing a prompt failed; it goes out as it is")
+            self._remember(key, None)
+            return None
+        finally:
+            self._pending.discard(key)
+
+    def _remember(self, key: str, result: CompressionResult | None) -> None:
+        with self._memory_lock:
+            self._memory[key] = result
+            while len(self._memory) > MEMORY_ENTRIES:
+                self._memory.popitem(last=False)
+
+    def _stored(self, key: str) -> CompressionResult | None:
+        if self._db is None:
+            return None
+        with self._db_lock:
+            row = self._db.execute("SELECT result FROM compressions WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        data: dict[str, Any] = json.loads(row[0])
+        return CompressionResult(original=data["original"], compressed=data["compressed"],
+                                 tokens={k: (v[0], v[1]) for k, v in data["tokens"].items()})
+
+    def _store(self, key: str, result: CompressionResult) -> None:
+        if self._db is None:
+            return
+        payload = json.dumps(dataclasses.asdict(result))
+        with self._db_lock:
+            self._db.execute("INSERT OR REPLACE INTO compressions(key, result, created_at) VALUES (?, ?, ?)",
+                             (key, payload, time.time()))
+
+    def drain(self, timeout: float = 60.0) -> None:
+        """Wait until queued compressions are done (for tests and benchmarks)."""
+        self._thread.submit(lambda: None).result(timeout=timeout)

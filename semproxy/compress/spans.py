@@ -1,0 +1,141 @@
+"""What may be compressed: a prompt cut into units (words or protected spans), each with its character range.
+
+Protected spans survive byte for byte: fenced and indented code, JSON and other structured blocks (tables,
+tags), URLs and e-mail addresses, anything with a digit in it, template placeholders, quoted strings,
+inline code, text between the user's keep markers, and the words that flip or bind an instruction
+(negations, "must", "only", ...): dropping "not" from "do not reveal the key" would invert the prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator
+
+# Block-level structure, matched over the whole text.
+_BLOCK_PATTERNS = [
+    r"(?ms)^[ \t]*(```|~~~).*?^[ \t]*\1[^\n]*$",  # fenced code
+    r"(?m)(?:^(?: {4}|\t)[^\n]*\n?)+",  # indented code
+    r"(?m)(?:^[ \t]*\|[^\n]*\|[ \t]*\n?)+",  # markdown tables
+]
+# Inline spans.
+_INLINE_PATTERNS = [
+    r"`[^`\n]+`",  # inline code
+    r"(?:https?|ftp)://[^\s<>\"'`]+|www\.[^\s<>\"'`]+",  # URLs
+    r"[\w.+-]+@[\w-]+\.[\w.-]+",  # e-mail addresses
+    r"\{\{.*?\}\}|\{%.*?%\}|\$\{[^}\n]+\}|\{[^{}\s]{1,64}\}|%\(\w+\)[sdfr]|%[sdfr]\b",  # placeholders
+    r"</?[A-Za-z][\w:-]*(?:\s[^<>\n]*)?/?>",  # XML / HTML tags
+    r"\"[^\"\n]{1,300}\"|“[^”\n]{1,300}”|‘[^’\n]{1,300}’|«[^»\n]{1,300}»",  # quoted strings
+    r"(?<![\w'])'[^'\n]{1,300}'(?![\w'])",  # single-quoted strings, not apostrophes
+    r"\S*\d\S*",  # anything containing a digit: numbers, versions, dates, amounts with units
+]
+KEEP_WORDS = frozenset({
+    "not", "no", "nor", "never", "none", "neither", "without", "cannot", "can't", "don't", "doesn't", "didn't",
+    "won't", "wouldn't", "shouldn't", "mustn't", "isn't", "aren't", "wasn't", "weren't", "haven't", "hasn't",
+    "hadn't", "couldn't", "unless", "except", "only", "must", "always", "exactly", "don’t", "doesn’t", "can’t",
+    "won’t", "isn’t",
+})
+_WORD = re.compile(r"\S+")
+_EDGE_PUNCTUATION = ".,;:!?()[]\"'“”‘’*_"
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """A piece of the prompt that is kept or dropped whole."""
+
+    start: int
+    end: int
+    protected: bool
+
+
+def protected_ranges(text: str, *, keep_markers: tuple[str, str] | None = None) -> list[tuple[int, int]]:
+    """Sorted, merged character ranges that must survive unchanged."""
+    ranges = [m.span() for pattern in _BLOCK_PATTERNS + _INLINE_PATTERNS for m in re.finditer(pattern, text)]
+    ranges += list(_json_blocks(text))
+    if keep_markers is not None:
+        start, end = (re.escape(marker) for marker in keep_markers)
+        ranges += [m.span() for m in re.finditer(f"(?s){start}.*?{end}", text)]
+    return _merge(r for r in ranges if r[1] > r[0])
+
+
+def _json_blocks(text: str) -> Iterator[tuple[int, int]]:
+    """Balanced {...} or [...] blocks that start a line (JSON examples, schemas)."""
+    for match in re.finditer(r"(?m)^[ \t]*([\[{])", text):
+        end = _balanced_end(text, match.start(1))
+        if end is not None and end - match.start(1) > 2:
+            yield match.start(1), end
+
+
+def _balanced_end(text: str, start: int) -> int | None:
+    depth, in_string, escaped = 0, False, False
+    for i in range(start, min(len(text), start + 100_000)):
+        char = text[i]
+        if in_string:
+            escaped = char == "\\" and not escaped
+            in_string = not (char == '"' and not escaped)
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return None
+
+
+def _merge(ranges: Iterator[tuple[int, int]] | list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def units(text: str, *, keep_markers: tuple[str, str] | None = None) -> list[Unit]:
+    """The prompt as ordered units: protected spans whole, everything else word by word."""
+    result: list[Unit] = []
+    cursor = 0
+    for start, end in protected_ranges(text, keep_markers=keep_markers):
+        result += _words(text, cursor, start)
+        result.append(Unit(start, end, protected=True))
+        cursor = end
+    return result + _words(text, cursor, len(text))
+
+
+def _words(text: str, start: int, end: int) -> list[Unit]:
+    found = []
+    for match in _WORD.finditer(text, start, end):
+        bare = match.group().strip(_EDGE_PUNCTUATION).lower()
+        # A word that is only punctuation (a bullet, a dash) is structure; keep it.
+        protected = bare in KEEP_WORDS or not bare
+        found.append(Unit(match.start(), match.end(), protected=protected))
+    return found
+
+
+def assemble(text: str, pieces: list[Unit], keep: list[bool]) -> str:
+    """The kept units in order. Line breaks and indentation around dropped words survive, so the prompt
+    keeps its layout; a run of dropped words becomes one space."""
+    out: list[str] = []
+    gap, cursor = "", 0
+    for unit, kept in zip(pieces, keep, strict=True):
+        before = text[cursor:unit.start]
+        gap += before
+        if kept:
+            out.append(_separator(gap, before, first=not out))
+            out.append(text[unit.start:unit.end])
+            gap = ""
+        cursor = unit.end
+    return "".join(out) + text[cursor:] if out else ""
+
+
+def _separator(gap: str, before: str, *, first: bool) -> str:
+    """`gap`: all white space since the last kept unit; `before`: the part right before this unit."""
+    if "\n" in gap:
+        indent = before[before.rindex("\n") + 1:] if "\n" in before else ""
+        return "\n" * min(gap.count("\n"), 2) + indent
+    if first or len(gap) <= 1:
+        return "" if first else gap  # nothing before the first word; a single space or tab stays as it was
+    return " "

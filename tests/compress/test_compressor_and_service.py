@@ -1,0 +1,121 @@
+"""The span-safe compressor with a deterministic scorer, and the service's caching and scheduling."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from semproxy.compress.compressor import SpanSafeCompressor
+from semproxy.compress.service import CompressionPolicy, CompressionService
+from semproxy.compress.spans import units
+from semproxy.compress.tokens import count_tokens
+from tests.compress.test_spans_and_tokens import MUST_SURVIVE, PROMPT
+from tests.fakes import FailingScorer, FakeScorer
+
+MARKERS = ("<keep>", "</keep>")
+VOCABULARY = ["please", "answer", "the", "question", "politely", "and", "briefly", "using", "simple", "words",
+              "for", "every", "customer", "who", "writes", "to", "our", "team", "about", "orders"]
+
+
+def test_compression_meets_the_rate_and_keeps_every_protected_span() -> None:
+    result = SpanSafeCompressor(FakeScorer(), keep_markers=MARKERS).compress(PROMPT, rate=0.4)
+    for span in MUST_SURVIVE:
+        assert span in result.compressed
+    original, compressed = result.tokens["cl100k_base"]
+    assert original == count_tokens(PROMPT) and compressed < original
+    assert result.saved("o200k_base") > 0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_prompts_never_lose_a_protected_span(seed: int) -> None:
+    rng = random.Random(seed)
+    spans = ["{user}", "{{ticket}}", "42", "3.14%", "https://x.example/a?b=1", '"exact phrase"', "`code()`",
+             "not", "<keep>keep me</keep>", "v2.1", "never"]
+    words = [rng.choice(VOCABULARY + spans) for _ in range(rng.randint(30, 120))]
+    text = " ".join(words) + "\n" + rng.choice(["```\nx = 1\n```", '{"a": [1, 2]}', "| a | b |"])
+    result = SpanSafeCompressor(FakeScorer(), keep_markers=MARKERS).compress(text, rate=rng.uniform(0.1, 0.9))
+    protected = [text[u.start:u.end] for u in units(text, keep_markers=MARKERS) if u.protected]
+    cursor = 0
+    for span in protected:  # every one of them, in order
+        cursor = result.compressed.index(span, cursor) + len(span)
+
+
+def test_a_scorer_that_drops_everything_falls_back_to_the_original() -> None:
+    class DropAll:
+        def score(self, text: str, pieces: object, *, rate: float) -> list[float]:
+            return [0.0] * len(units(text))
+
+    text = "plain words only here " * 30
+    assert SpanSafeCompressor(DropAll()).compress(text, rate=0.0001).compressed.strip() != ""
+
+
+def _service(tmp_path: Path, scorer: object, **policy: object) -> CompressionService:
+    return CompressionService(load_compressor=lambda: SpanSafeCompressor(scorer, keep_markers=MARKERS),  # type: ignore[arg-type]
+                              db_path=tmp_path / "compression.sqlite3",
+                              policy=CompressionPolicy(rate=0.5, min_tokens=50, **policy))  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_background_mode_forwards_the_first_and_stores_for_the_next(tmp_path: Path) -> None:
+    scorer = FakeScorer()
+    service = _service(tmp_path, scorer)
+    service.start()
+    assert await service.compressed(PROMPT) is None  # the first request goes out as it is
+    service.drain()
+    result = await service.compressed(PROMPT)
+    assert result is not None and result.compressed != PROMPT
+    assert await service.compressed(PROMPT) == result
+    assert scorer.calls == 1  # compressed once, then reused
+    await service.close()
+
+    again = _service(tmp_path, FakeScorer())  # a restart finds the stored result
+    again.start()
+    assert await again.compressed(PROMPT) is None
+    again.drain()
+    assert await again.compressed(PROMPT) == result
+    await again.close()
+
+
+@pytest.mark.anyio
+async def test_wait_mode_compresses_before_answering(tmp_path: Path) -> None:
+    service = _service(tmp_path, FakeScorer(), wait=True)
+    service.start()
+    service.drain()  # the compressor is loaded
+    result = await service.compressed(PROMPT)
+    assert result is not None and result.compressed != PROMPT
+    await service.close()
+
+
+@pytest.mark.anyio
+async def test_short_prompts_are_left_alone(tmp_path: Path) -> None:
+    scorer = FakeScorer()
+    service = _service(tmp_path, scorer)
+    service.start()
+    await service.compressed("You are a helpful assistant.")
+    service.drain()
+    assert await service.compressed("You are a helpful assistant.") is None
+    assert scorer.calls == 0
+    await service.close()
+
+
+@pytest.mark.anyio
+async def test_failures_leave_prompts_uncompressed(tmp_path: Path) -> None:
+    failing = _service(tmp_path, FailingScorer())
+    failing.start()
+    await failing.compressed(PROMPT)
+    failing.drain()
+    assert await failing.compressed(PROMPT) is None
+
+    def cannot_load() -> SpanSafeCompressor:
+        raise OSError("model folder missing")
+
+    broken = CompressionService(load_compressor=cannot_load, db_path=tmp_path / "c2.sqlite3",
+                                policy=CompressionPolicy())
+    broken.start()
+    broken.drain()
+    assert broken.problem == "OSError: model folder missing"
+    assert await broken.compressed(PROMPT) is None
+    await broken.close()
+    await failing.close()

