@@ -1,0 +1,154 @@
+"""Fit the hit verifier and write the parameters that ship in the package.
+
+Reproduces ``semproxy/cache/data/verifier_model.npz`` and ``semproxy/cache/data/verifier_idf.json.gz``:
+
+1. word rarity (inverse document frequency) from the train and calibrate splits of every dataset plus the
+   ShareGPT first turns (real prompts, no labels);
+2. a one-hidden-layer network (scikit-learn's MLPClassifier, exported to numpy) on the train split: the
+   pairs whose cosine reaches the candidate floor and that no rule rejects, the only pairs it will see;
+3. the calibration curve on the calibrate split: for each score threshold, the share of each dataset's
+   negative pairs that would be served (cosine >= floor, no rule, score >= threshold). The curve keeps
+   the worst dataset at each threshold, so a budget holds on every calibration dataset, PAWS included.
+
+The held-out split is never read here. Run from the repository root (about two minutes on 2 cores)::
+
+    .venv/bin/python bench/calibrate_verifier.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import verifier_data as vd  # noqa: E402
+
+from semproxy.cache.text import analyze  # noqa: E402
+from semproxy.cache.verifier import IDF_FILE, MODEL_FILE, PairModel, WordRarity, pair_vector, rule_rejection  # noqa: E402
+
+DATA_OUT = Path(__file__).resolve().parent.parent / "semproxy" / "cache" / "data"
+CANDIDATE_FLOOR = 0.80  # the default `similarity_threshold`: FAISS candidates below it are never verified
+TRAIN_FLOOR = 0.70  # a little below the floor, so the model also learns the region just above it
+HIDDEN_UNITS = 64
+SEED = 0
+CURVE_LOGITS = np.linspace(-8.0, 16.0, 2401)  # the network is confident: a logit grid resolves its top end
+
+
+def log(message: str) -> None:
+    print(f"[calibrate] {message}", file=sys.stderr, flush=True)
+
+
+def sharegpt_prompts() -> list[str]:
+    path = vd.sweep.data_dir() / "prompts" / "sharegpt_v3_first_turns.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line)["prompt"][:2000] for line in f]
+
+
+def fit_rarity(datasets: list[vd.Dataset]) -> WordRarity:
+    """IDF over content words of the non-held-out texts and ShareGPT prompts; rare words are left out."""
+    documents: list[frozenset[str]] = []
+    for d in datasets:
+        rows = np.concatenate([d.rows("train"), d.rows("calibrate")])
+        for text_id in set(d.left[rows].tolist()) | set(d.right[rows].tolist()):
+            documents.append(frozenset(d.facts[text_id].content))
+    documents.extend(frozenset(analyze(p).content) for p in sharegpt_prompts())
+    counts = Counter(word for doc in documents for word in doc)
+    total = len(documents)
+
+    def idf(df: int) -> float:
+        return round(math.log((total + 1) / (df + 1)) + 1.0, 2)
+
+    table = {word: idf(df) for word, df in counts.items() if df >= 3}
+    log(f"word rarity: {len(table):,} words from {total:,} texts")
+    return WordRarity(table, idf(1))
+
+
+def pair_matrix(d: vd.Dataset, rows: npt.NDArray[np.intp], rarity: WordRarity,
+                floor: float) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Model inputs of the rows that reach the model (cosine >= floor, no rule), their labels, and the mask."""
+    cosines = d.cosines(rows)
+    reach = np.zeros(len(rows), dtype=np.bool_)
+    features = []
+    for k, row in enumerate(rows):
+        asked, stored = d.facts[d.right[row]], d.facts[d.left[row]]
+        if cosines[k] < floor or rule_rejection(asked, stored) is not None:
+            continue
+        reach[k] = True
+        features.append(pair_vector(asked, d.vectors[d.right[row]], stored, d.vectors[d.left[row]],
+                                    float(cosines[k]), rarity))
+    matrix = np.vstack(features) if features else np.zeros((0, 1), dtype=np.float32)
+    return matrix, d.labels[rows][reach], reach
+
+
+def fit_model(datasets: list[vd.Dataset], rarity: WordRarity) -> PairModel:
+    from sklearn.neural_network import MLPClassifier
+
+    parts = [pair_matrix(d, d.rows("train"), rarity, TRAIN_FLOOR) for d in datasets]
+    x = np.vstack([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    log(f"fitting on {len(y):,} pairs ({int(y.sum()):,} positive), {x.shape[1]} inputs")
+    started = time.perf_counter()
+    network = MLPClassifier(hidden_layer_sizes=(HIDDEN_UNITS,), alpha=1e-2, max_iter=300, early_stopping=True,
+                            validation_fraction=0.15, n_iter_no_change=15, random_state=SEED)
+    network.fit((x - mean) / scale, y)
+    log(f"fitted in {time.perf_counter() - started:.0f} s, {network.n_iter_} epochs")
+    return PairModel(
+        mean=mean.astype(np.float32), scale=scale.astype(np.float32),
+        hidden_weights=network.coefs_[0].astype(np.float32), hidden_bias=network.intercepts_[0].astype(np.float32),
+        output_weights=network.coefs_[1][:, 0].astype(np.float32), output_bias=float(network.intercepts_[1][0]),
+        curve_scores=np.zeros(1), curve_false_hit_rates=np.zeros(1),
+    )
+
+
+def calibration_curve(model: PairModel, datasets: list[vd.Dataset], rarity: WordRarity
+                      ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], dict[str, list[float]]]:
+    """Score thresholds and, at each, the worst dataset's share of negatives served (calibrate split)."""
+    grid = 1.0 / (1.0 + np.exp(-CURVE_LOGITS))
+    worst = np.zeros(len(grid))
+    per_dataset: dict[str, list[float]] = {}
+    for d in datasets:
+        rows = d.rows("calibrate")
+        x, labels, _ = pair_matrix(d, rows, rarity, CANDIDATE_FLOOR)
+        negatives = int((~d.labels[rows]).sum())
+        scores = model.score(x) if len(x) else np.zeros(0)
+        negative_scores = np.sort(scores[~labels])
+        served = len(negative_scores) - np.searchsorted(negative_scores, grid, side="left")
+        rates = served / max(negatives, 1)
+        per_dataset[d.name] = rates.tolist()
+        worst = np.maximum(worst, rates)
+    return grid, worst, per_dataset
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args()
+    datasets = vd.load_all()
+    rarity = fit_rarity(datasets)
+    model = fit_model(datasets, rarity)
+    grid, worst, per_dataset = calibration_curve(model, datasets, rarity)
+    model = PairModel(**{**model.__dict__, "curve_scores": grid, "curve_false_hit_rates": worst})
+    DATA_OUT.mkdir(parents=True, exist_ok=True)
+    model.save(DATA_OUT / MODEL_FILE)
+    payload = json.dumps({"idf": rarity.idf, "unknown": rarity.unknown}, sort_keys=True, separators=(",", ":"))
+    (DATA_OUT / IDF_FILE).write_bytes(gzip.compress(payload.encode(), mtime=0))
+    for budget in (0.005, 0.01, 0.02, 0.05, 0.10):
+        threshold = model.threshold_for(budget)
+        index = int(np.searchsorted(grid, threshold))
+        rates = ", ".join(f"{name} {values[index]:.3%}" for name, values in per_dataset.items())
+        log(f"budget {budget:.1%}: score >= {threshold:.6f} (calibration false hits: {rates})")
+    log(f"wrote {MODEL_FILE} and {IDF_FILE} to {DATA_OUT.relative_to(Path.cwd())}")
+
+
+if __name__ == "__main__":
+    main()

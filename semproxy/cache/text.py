@@ -1,0 +1,220 @@
+"""What an embedding misses about a prompt: its numbers, negations, named things, languages and word order.
+
+`analyze(text)` reads a prompt once into a `PromptFacts` record; the hit verifier compares two of them.
+Everything here is plain Python over small word lists, so it runs in tens of microseconds per prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import unicodedata
+
+_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*|[+#]+|->|→", re.UNICODE)
+_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)*(?:\.\d+)?(?!\w)|\d+(?=[a-zA-Z%])")
+_SENTENCE_END = frozenset(".!?:;\n")
+
+STOPWORDS = frozenset("""
+a an the and or but if then else of to in on at by for with about as into onto from up down out over under
+is are was were be been being am do does did doing done have has had having i me my mine myself we us our
+ours you your yours he him his she her hers it its they them their theirs this that these those there here
+what which who whom whose why how when where can could should would will shall may might must also just so
+than too very more most some any each every all both such only own same other s t get got make made use using
+used one ones thing things way ways someone something anyone anything please tell know want need like
+best good really much many lot lots
+""".split())
+
+QUESTION_WORDS = frozenset("what which who whom whose why how when where".split())
+
+NEGATIONS = frozenset("""
+not no never none nobody nothing neither nor without cannot cant dont doesnt didnt isnt arent wasnt werent
+wont wouldnt shouldnt couldnt hasnt havent hadnt mustnt neednt aint
+ne pas jamais aucun aucune sans nicht kein keine keinen keinem keiner nie niemals ohne nunca sin ningún
+ninguna nada tampoco mai senza niente nulla nao não sem niet geen nooit zonder
+""".split())
+
+# A request's answer depends on these when they are named: the programming language or tool, and the
+# natural language the answer should be written in. Swapping one for another must never hit.
+PROGRAMMING_LANGUAGES = frozenset("""
+python java javascript typescript js ts c c++ c# csharp cpp golang go rust ruby php perl swift kotlin scala
+haskell elixir erlang clojure lua r matlab julia dart sql mysql postgresql postgres sqlite bash shell zsh
+powershell fortran cobol pascal assembly html css sass react angular vue django flask fastapi spring rails
+node nodejs deno pandas numpy excel vba objective-c ocaml fsharp f# groovy solidity prolog lisp scheme
+""".split())
+
+NATURAL_LANGUAGES = frozenset("""
+english french german spanish italian portuguese dutch polish russian ukrainian chinese mandarin cantonese
+japanese korean arabic hindi bengali urdu turkish greek hebrew swedish norwegian danish finnish czech
+hungarian romanian bulgarian croatian serbian slovak slovenian vietnamese thai indonesian malay persian farsi
+swahili latin catalan basque irish welsh estonian latvian lithuanian icelandic
+français anglais allemand espagnol italien deutsch englisch französisch spanisch español inglés francés
+alemán
+""".split())
+
+_AMBIGUOUS_TOOLS = frozenset("excel spring node go rust swift dart julia ruby scheme pascal r c elixir rails "
+                             "react".split())
+_SYMBOL_LANGUAGES = re.compile(r"(?<![\w+#])(?:c\+\+|c#|f#)(?![\w+#])", re.IGNORECASE)
+
+# Words that give two entities a direction: "EUR to USD", "faster than Java", "from Paris to Rome".
+# ("vs" is not one: "X vs Y, which is better?" asks the same as "Y vs X".)
+DIRECTION_WORDS = frozenset("to from into than over towards toward -> → à vers nach zu".split())
+
+# A natural language's name is about the language (not a nationality) next to these words.
+_LANGUAGE_CONTEXT_BEFORE = frozenset(
+    "in into to from speak speaking learn learning write writing answer respond reply translate translated "
+    "en auf".split())
+_LANGUAGE_CONTEXT_AFTER = frozenset(
+    "translation language version speaker speakers grammar word words text sentence sentences".split())
+
+# "why or why not", "with or without", "whether or not": both sides are asked, nothing is negated.
+_NEUTRAL_NEGATION = re.compile(r"\bor\s+(?:why\s+)?not\b|\bwith\s+or\s+without\b|\bor\s+no\b|\bif\s+not\b",
+                               re.IGNORECASE)
+
+NUMBER_WORDS = {
+    "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
+    "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "thirteen": "13", "fourteen": "14",
+    "fifteen": "15", "sixteen": "16", "seventeen": "17", "eighteen": "18", "nineteen": "19", "twenty": "20",
+    "thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80", "ninety": "90",
+    "hundred": "100", "thousand": "1000", "million": "1000000", "billion": "1000000000",
+}  # not "one", "first", "second", "once": they are more often not numbers ("check Google first")
+
+# Frequent function words per language: enough to tell which language a prompt of a few words is in.
+_LANGUAGE_MARKERS: dict[str, frozenset[str]] = {
+    "en": frozenset("the is are what how why which who do does i you to of and in it for with can this that my".split()),
+    "fr": frozenset("le la les est sont que qui quoi comment pourquoi je tu vous nous un une des du de et dans "
+                    "pour avec ce cette mon ma mes sur pas est-ce quel quelle quels où".split()),
+    "de": frozenset("der die das ist sind was wie warum welche wer ich du sie wir ein eine und in zu mit für "
+                    "nicht ich mein meine auf den dem des wo kann ist es".split()),
+    "es": frozenset("el la los las es son que qué cómo por porqué quién yo tú usted un una y en para con "
+                    "mi mis este esta del al se cuál dónde puedo".split()),
+    "it": frozenset("il lo la gli le è sono che cosa come perché chi io tu un una e in per con mio mia questo "
+                    "questa del della dove posso di".split()),
+    "pt": frozenset("o a os as é são que como por quem eu você um uma e em para com meu minha este esta do da "
+                    "onde posso não".split()),
+    "nl": frozenset("de het een is zijn wat hoe waarom welke wie ik jij je u wij en in voor met mijn dit dat "
+                    "van op waar kan niet".split()),
+}
+
+# Only the words that belong to one language's list count ("a", "de", "in" are in several).
+_DISTINCT_MARKERS = {
+    code: frozenset(w for w in markers
+                    if not any(w in other for c, other in _LANGUAGE_MARKERS.items() if c != code)
+                    and (code == "en" or w not in STOPWORDS))
+    for code, markers in _LANGUAGE_MARKERS.items()
+}
+
+_SCRIPTS = (
+    ("zh", ("CJK UNIFIED",)), ("ja", ("HIRAGANA", "KATAKANA")), ("ko", ("HANGUL",)), ("ru", ("CYRILLIC",)),
+    ("ar", ("ARABIC",)), ("el", ("GREEK",)), ("he", ("HEBREW",)), ("hi", ("DEVANAGARI",)), ("th", ("THAI",)),
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PromptFacts:
+    """The parts of a prompt the verifier compares."""
+
+    words: tuple[str, ...]  # every word, lower case, in order
+    content: tuple[str, ...]  # words that are not stopwords, in order
+    numbers: frozenset[str]
+    negations: int
+    entities: frozenset[str]  # capitalised or mixed-case names, acronyms (lower case)
+    named_languages: frozenset[str]  # programming and natural languages the prompt names
+    question_words: frozenset[str]
+    language: str | None  # the language the prompt is written in, when it is clear
+
+
+def analyze(text: str) -> PromptFacts:
+    """Read the facts of one prompt."""
+    raw = _WORD.findall(text)
+    words = tuple(_fold(w) for w in raw)
+    content = tuple(w for w in words if w not in STOPWORDS and w not in NEGATIONS)
+    return PromptFacts(
+        words=words,
+        content=content,
+        numbers=_numbers(text, words),
+        negations=_negations(text),
+        entities=_entities(text, raw),
+        named_languages=_named_languages(text, words),
+        question_words=frozenset(w for w in words[:4] if w in QUESTION_WORDS),
+        language=detect_language(text, words),
+    )
+
+
+def _negations(text: str) -> int:
+    words = [_fold(w) for w in _WORD.findall(_NEUTRAL_NEGATION.sub(" ", text))]
+    return sum(1 for w in words if w in NEGATIONS or w.endswith("n't"))
+
+
+def _fold(word: str) -> str:
+    return word.lower().replace("’", "'")
+
+
+def _numbers(text: str, words: tuple[str, ...]) -> frozenset[str]:
+    found = {_normalize_number(n) for n in _NUMBER.findall(text)}
+    found.update(NUMBER_WORDS[w] for w in words if w in NUMBER_WORDS and w != "one")
+    return frozenset(found)
+
+
+def _normalize_number(number: str) -> str:
+    number = number.lstrip("+")
+    if re.fullmatch(r"-?\d{1,3}(,\d{3})+", number):
+        number = number.replace(",", "")
+    if "." in number and re.fullmatch(r"-?\d+\.\d+", number):
+        number = number.rstrip("0").rstrip(".")
+    return number
+
+
+def _entities(text: str, raw: list[str]) -> frozenset[str]:
+    """Names: capitalised words that do not start a sentence, acronyms, mixed case (iPhone, GPT4)."""
+    names: set[str] = set()
+    previous_end = True
+    position = 0
+    for word in raw:
+        start = text.find(word, position)
+        gap = text[position:start] if start >= 0 else ""
+        position = start + len(word) if start >= 0 else position
+        if any(ch in _SENTENCE_END for ch in gap):
+            previous_end = True
+        lower = word.lower()
+        if lower not in STOPWORDS and word[:1].isalpha() and word != lower:
+            upper_inside = any(ch.isupper() for ch in word[1:])
+            if upper_inside or not previous_end:
+                names.add(_fold(word))
+        previous_end = False
+    return frozenset(names)
+
+
+def _named_languages(text: str, words: tuple[str, ...]) -> frozenset[str]:
+    named = {w for i, w in enumerate(words) if w in NATURAL_LANGUAGES and (
+        (i > 0 and words[i - 1] in _LANGUAGE_CONTEXT_BEFORE)
+        or (i + 1 < len(words) and words[i + 1] in _LANGUAGE_CONTEXT_AFTER))}
+    named.update(w for w in words if w in PROGRAMMING_LANGUAGES and w not in _AMBIGUOUS_TOOLS)
+    # Names that are also ordinary words ("excel at math", "go home") count when written as names.
+    named.update(w.lower() for w in _WORD.findall(text) if w.lower() in _AMBIGUOUS_TOOLS and w[:1].isupper())
+    named.update(m.lower() for m in _SYMBOL_LANGUAGES.findall(text))
+    for short in ("C", "R", "Go"):
+        if re.search(rf"\b(?:in|with|using|for|to|from|learn|learning)\s+{short}\b(?![+#])|\b{short}\s+"
+                     rf"(?:code|program|programming|language|function|script|compiler)\b", text):
+            named.add(short.lower())
+    return frozenset(named)
+
+
+def detect_language(text: str, words: tuple[str, ...] | None = None) -> str | None:
+    """The language a prompt is written in, or None when too little text says it clearly."""
+    letters = [ch for ch in text if ch.isalpha()]
+    if not letters:
+        return None
+    for code, blocks in _SCRIPTS:
+        share = sum(1 for ch in letters if any(b in unicodedata.name(ch, "") for b in blocks)) / len(letters)
+        if share > 0.3:
+            if code == "zh" and any("HIRAGANA" in unicodedata.name(ch, "") or "KATAKANA" in unicodedata.name(ch, "")
+                                    for ch in letters):
+                return "ja"
+            return code
+    words = words if words is not None else tuple(_fold(w) for w in _WORD.findall(text))
+    counts = {code: sum(1 for w in words if w in markers) for code, markers in _DISTINCT_MARKERS.items()}
+    ranked = sorted(counts.items(), key=lambda item: item[1], reverse=True)
+    (best, top), (_, runner_up) = ranked[0], ranked[1]
+    if top >= 2 and top >= 2 * runner_up:
+        return best
+    return None
