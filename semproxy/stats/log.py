@@ -59,12 +59,12 @@ class RequestLog:
     def __init__(self, path: Path, *, prices: PriceTable, count: Callable[[], TokenCounter],
                  retention_days: float = 30.0, prompt_chars: int = 0, listeners: Sequence[Listener] = (),
                  flush_seconds: float = 0.5, max_batch: int = 512, max_pending: int = 10_000,
-                 clock: Callable[[], float] = time.time) -> None:
+                 idle_seconds: float = 30.0, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self._prices, self._make_counter, self._listeners = prices, count, list(listeners)
         self._retention = retention_days * 24 * HOUR
         self._prompt_chars, self._flush_seconds, self._max_batch = prompt_chars, flush_seconds, max_batch
-        self._clock = clock
+        self._clock, self._idle_seconds = clock, idle_seconds
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -73,34 +73,50 @@ class RequestLog:
 
     def submit(self, observed: Observed) -> None:
         """Queue one request for the log; never blocks (drops it if the writer is far behind)."""
-        self.start()
-        try:
-            self._queue.put_nowait(observed)
-        except queue.Full:
-            self.dropped += 1
+        with self._lock:  # the writer only retires, idle, under this lock with an empty queue
+            self._start()
+            try:
+                self._queue.put_nowait(observed)
+            except queue.Full:
+                self.dropped += 1
 
     def start(self) -> None:
-        """Start the writer thread (idempotent)."""
+        """Start the writer thread (idempotent; it also starts with the first request)."""
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="semproxy-stats", daemon=True)
-                self._thread.start()
+            self._start()
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="semproxy-stats", daemon=True)
+            self._thread.start()
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Block until everything submitted so far is written (True) or `timeout` passes (False)."""
-        if self._thread is None:
-            return True
         done = threading.Event()
-        self._queue.put(done, timeout=timeout)
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                return True
+            try:
+                self._queue.put_nowait(done)
+                queued = True
+            except queue.Full:
+                queued = False
+        if not queued:
+            try:
+                self._queue.put(done, timeout=timeout)  # a full queue keeps the writer busy: it cannot retire
+            except queue.Full:
+                return False
         return done.wait(timeout)
 
     def close(self) -> None:
         """Write what is queued and stop the thread."""
-        thread = self._thread
-        if thread is not None and thread.is_alive():
-            self._queue.put(_STOP)
+        with self._lock:
+            thread = self._thread
+            if thread is not None and thread.is_alive():
+                self._queue.put(_STOP)  # the writer needs the lock only to retire, which a queued item prevents
+            self._thread = None
+        if thread is not None:
             thread.join(timeout=30)
-        self._thread = None
 
     # ---------------------------------------------------------------- the writer thread
 
@@ -119,7 +135,10 @@ class RequestLog:
                 if self._clock() >= next_sweep:
                     self._sweep(db)
                     next_sweep = self._clock() + HOUR
-                batch, waiting, stop = self._collect()
+                first = self._next_or_retire()
+                if first is None:
+                    return
+                batch, waiting, stop = self._collect(first)
                 self._write(db, [self._finish(o, key, count) for o in batch])
                 for event in waiting:
                     event.set()
@@ -128,11 +147,21 @@ class RequestLog:
         finally:
             db.close()
 
-    def _collect(self) -> tuple[list[Observed], list[threading.Event], bool]:
-        """Wait for work, then take what arrives within `flush_seconds` (up to `max_batch` records)."""
+    def _next_or_retire(self) -> object | None:
+        """The next item; None once the log was idle for `idle_seconds` (the thread then ends)."""
+        while True:
+            try:
+                return self._queue.get(timeout=self._idle_seconds)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._thread = None
+                        return None
+
+    def _collect(self, item: object) -> tuple[list[Observed], list[threading.Event], bool]:
+        """Take what arrives within `flush_seconds` of `item` (up to `max_batch` records)."""
         batch: list[Observed] = []
         waiting: list[threading.Event] = []
-        item = self._queue.get()
         deadline = time.monotonic() + self._flush_seconds
         while True:
             if item is _STOP:
