@@ -105,6 +105,9 @@ class StatsMiddleware:
             await self.app(scope, receive, send)
             return
         path = route_path(scope)
+        if path in HEALTH_PATHS:  # polled every few seconds by load balancers: not worth a log row
+            await self.app(scope, receive, send)
+            return
         if path in self.metrics_paths or (path.startswith(ADMIN_PREFIX) and path not in HEALTH_PATHS):
             await self._admin(scope, receive, send, path)
             return
