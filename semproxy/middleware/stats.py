@@ -8,6 +8,7 @@ thread reads `usage`, counts tokens and prices them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hmac
 import ipaddress
 import json
@@ -216,12 +217,9 @@ class StatsResponder:
         await self._send(message)
 
     def _submit(self, scope: Scope, info: dict[str, Any], started: float, clock: float, end: float) -> None:
-        try:
-            tenant = self.middleware.tenant_of(scope)
-        except Exception:  # a malformed namespace header, a store not open yet: log the request anyway
-            tenant = None
         self.middleware.log.submit(Observed(
-            started=started, method=str(scope["method"]), endpoint=route_path(scope), tenant=tenant,
+            started=started, method=str(scope["method"]), endpoint=route_path(scope),
+            tenant=functools.partial(self.middleware.tenant_of, scope),
             request_body=self.request_chunks, status=self.status, content_type=self.content_type,
             response_body=self.response_chunks, total_ms=(end - clock) * 1000,
             ttfb_ms=None if self.first_byte is None else (self.first_byte - clock) * 1000,

@@ -68,6 +68,7 @@ class RequestLog:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._wake = threading.Event()  # flush() and close() cut the batching wait short
         self.dropped = 0  # observations lost to a full queue
         self.written = 0
 
@@ -106,6 +107,7 @@ class RequestLog:
                 self._queue.put(done, timeout=timeout)  # a full queue keeps the writer busy: it cannot retire
             except queue.Full:
                 return False
+        self._wake.set()
         return done.wait(timeout)
 
     def close(self) -> None:
@@ -114,6 +116,7 @@ class RequestLog:
             thread = self._thread
             if thread is not None and thread.is_alive():
                 self._queue.put(_STOP)  # the writer needs the lock only to retire, which a queued item prevents
+                self._wake.set()
             self._thread = None
         if thread is not None:
             thread.join(timeout=30)
@@ -159,7 +162,11 @@ class RequestLog:
                         return None
 
     def _collect(self, item: object) -> tuple[list[Observed], list[threading.Event], bool]:
-        """Take what arrives within `flush_seconds` of `item` (up to `max_batch` records)."""
+        """Take what arrives within `flush_seconds` of `item` (up to `max_batch` records).
+
+        Between batches the thread sleeps instead of waking for every record: a wake-up per request would
+        take the GIL from the event loop as often as requests come.
+        """
         batch: list[Observed] = []
         waiting: list[threading.Event] = []
         deadline = time.monotonic() + self._flush_seconds
@@ -167,14 +174,23 @@ class RequestLog:
             if item is _STOP:
                 return batch, waiting, True
             if isinstance(item, threading.Event):
-                return batch, [*waiting, item], False  # someone waits: write now
-            if isinstance(item, Observed):
+                waiting.append(item)  # someone waits: write what is there now
+            elif isinstance(item, Observed):
                 batch.append(item)
-            remaining = deadline - time.monotonic()
-            if len(batch) >= self._max_batch or remaining <= 0:
+            if waiting or len(batch) >= self._max_batch:
                 return batch, waiting, False
             try:
-                item = self._queue.get(timeout=remaining)
+                item = self._queue.get_nowait()
+                continue
+            except queue.Empty:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return batch, waiting, False
+            self._wake.wait(remaining)
+            self._wake.clear()  # before looking: a flush queued after this is found below or wakes us again
+            try:
+                item = self._queue.get_nowait()
             except queue.Empty:
                 return batch, waiting, False
 

@@ -28,7 +28,7 @@ class Observed:
     started: float  # wall clock, seconds since the epoch
     method: str
     endpoint: str
-    tenant: str | None
+    tenant: Callable[[], str | None]  # called on the log's thread: an HMAC is not free
     request_body: Sequence[bytes]
     status: int  # 0: no answer started (the client left, or the app failed)
     content_type: str
@@ -102,7 +102,7 @@ def finish(observed: Observed, *, prices: PriceTable, count: Counter, hash_key: 
     cost_hit = price.cost(prompt_tokens, completion_tokens) if price and hit else 0.0
     attempts = info.get("attempts")
     return RequestRecord(
-        ts=observed.started, tenant=observed.tenant, model=model,
+        ts=observed.started, tenant=_tenant(observed), model=model,
         upstream=None if hit else str(info.get("upstream") or observed.default_upstream),
         endpoint=observed.endpoint, method=observed.method, status=observed.status, outcome=outcome, stream=stream,
         similarity=_float(info.get("similarity")), verdict=_str(info.get("verdict")),
@@ -123,6 +123,13 @@ class _Prompt:
     full: str  # every text the model reads, for counting
     last: str  # the last user turn (or the prompt / input), for "top repeated prompts"
     overhead: int  # tokens OpenAI adds around chat messages
+
+
+def _tenant(observed: Observed) -> str | None:
+    try:
+        return observed.tenant()
+    except Exception:  # a malformed namespace header, a store not open yet: log the request anyway
+        return None
 
 
 def _prompt(request: dict[str, Any] | None) -> _Prompt:

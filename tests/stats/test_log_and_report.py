@@ -27,8 +27,9 @@ def _observed(ts: float, outcome: str, *, total_ms: float = 10.0, prompt: str = 
               model: str = "gpt-4o-mini", tenant: str = "t1", stream: bool = False, status: int = 200) -> Observed:
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}]}).encode()
     answer = b'{"choices": [], "usage": {"prompt_tokens": 100, "completion_tokens": 50}}'
-    return Observed(started=ts, method="POST", endpoint="/v1/chat/completions", tenant=tenant, request_body=[body],
-                    status=status, content_type="text/event-stream" if stream else "application/json",
+    return Observed(started=ts, method="POST", endpoint="/v1/chat/completions", tenant=lambda: tenant,
+                    request_body=[body], status=status,
+                    content_type="text/event-stream" if stream else "application/json",
                     response_body=[] if stream else [answer], total_ms=total_ms, ttfb_ms=total_ms / 2,
                     info={"cache": outcome}, default_upstream="up")
 

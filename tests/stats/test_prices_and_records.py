@@ -30,7 +30,7 @@ def test_longest_prefix_wins_and_overrides_replace_defaults() -> None:
 
 def _observed(request: dict[str, Any], response: bytes, *, outcome: str = "miss", stream: bool = False,
               **info: Any) -> Observed:
-    return Observed(started=1000.0, method="POST", endpoint="/v1/chat/completions", tenant="t1",
+    return Observed(started=1000.0, method="POST", endpoint="/v1/chat/completions", tenant=lambda: "t1",
                     request_body=[json.dumps(request).encode()], status=200,
                     content_type="text/event-stream" if stream else "application/json",
                     response_body=[response], total_ms=12.0, ttfb_ms=3.0, info={"cache": outcome, **info},
