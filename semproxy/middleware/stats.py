@@ -16,7 +16,6 @@ import time
 import urllib.parse
 from collections.abc import Callable, Collection
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -242,7 +241,3 @@ class UpstreamTimer:
         finally:
             timing.add_ms(request_info(scope), "upstream_ms", time.perf_counter() - started)
 
-
-def dashboard_file() -> Path:
-    """Where the dashboard page lives inside the package."""
-    return Path(str(resources.files("semproxy.stats").joinpath("dashboard", "index.html")))
