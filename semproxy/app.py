@@ -1,7 +1,7 @@
 """The composition root: the only place that picks concrete classes and wires them together.
 
-    StatsMiddleware( SemanticCacheMiddleware( CompressionMiddleware(
-        route: /v1/* -> UpstreamTimer(UpstreamProxy(httpx transport)), else Starlette(/healthz) ) ) )
+    StatsMiddleware( SemanticCacheMiddleware( CompressionMiddleware( UpstreamTimer(
+        route: /v1/* -> UpstreamProxy(httpx transport), else Starlette(/healthz) ) ) ) )
 """
 
 from __future__ import annotations
@@ -181,8 +181,7 @@ def build_app(
     cache = cache or build_cache(settings)
     transport = transport or build_transport()
     timeout = httpx.Timeout(settings.upstream_read_timeout, connect=settings.upstream_connect_timeout)
-    proxy = UpstreamTimer(UpstreamProxy(transport, base_url=settings.upstream, timeout=timeout,
-                                        api_key=settings.upstream_api_key))
+    proxy = UpstreamProxy(transport, base_url=settings.upstream, timeout=timeout, api_key=settings.upstream_api_key)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -211,5 +210,5 @@ def build_app(
         else:
             await service(scope, receive, send)
 
-    cached = SemanticCacheMiddleware(compression_layer(route, settings, compression), settings=settings, cache=cache)
-    return stats_layer(cached, settings, cache)
+    inner = compression_layer(UpstreamTimer(route), settings, compression)
+    return stats_layer(SemanticCacheMiddleware(inner, settings=settings, cache=cache), settings, cache)
