@@ -106,6 +106,7 @@ def stats_layer(app: ASGIApp, settings: Settings, cache: SemanticCache, *, proxy
         retention_days=settings.stats_retention_days, prompt_chars=settings.stats_prompt_chars,
         listeners=[metrics.observe],
     )
+    metrics.dropped.set_function(lambda: request_log.dropped)
     return StatsMiddleware(
         app, log=request_log, metrics=metrics, access=AdminAccess(settings.admin_token, settings.admin_remote),
         tenant_of=partial(_tenant_of, settings, cache),

@@ -42,6 +42,8 @@ class Metrics:
                                        "Prompt tokens sent / prompt tokens before compression, since start",
                                        registry=r)
         self.cache_entries = Gauge("semproxy_cache_entries", "Entries in the cache", registry=r)
+        self.dropped = Gauge("semproxy_log_dropped_records", "Requests not logged: the log writer was too far behind",
+                             registry=r)
         if cache_entries is not None:
             self.cache_entries.set_function(cache_entries)
         self._labels: dict[str, set[str]] = {}

@@ -76,6 +76,7 @@ async def test_metrics_in_prometheus_text_format(proxy: Proxy, make_proxy) -> No
     assert 'semproxy_request_duration_seconds_count{outcome="bypass"} 1.0' in text
     assert 'semproxy_stage_duration_seconds_count{stage="upstream"} 2.0' in text
     assert "semproxy_cache_entries 1.0" in text and "semproxy_compression_ratio 1.0" in text
+    assert "semproxy_log_dropped_records 0.0" in text
     assert (await proxy.client.get("/semproxy/metrics")).text.count("semproxy_requests_total{") == 3
     other = await make_proxy()  # a second app in the same process has registries of its own
     assert "semproxy_requests_total{" not in (await other.client.get("/metrics")).text
