@@ -1,15 +1,19 @@
 """The composition root: the only place that picks concrete classes and wires them together.
 
-    SemanticCacheMiddleware( CompressionMiddleware( route: /v1/* -> UpstreamProxy(httpx transport),
-                                                           else Starlette(/healthz) ) )
+    StatsMiddleware( SemanticCacheMiddleware( CompressionMiddleware( UpstreamTimer(
+        route: /v1/* -> UpstreamProxy(httpx transport), else Starlette(/healthz) ) ) ) )
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import sqlite3
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from functools import partial
+from pathlib import Path
 
 import httpx
 from starlette.applications import Starlette
@@ -25,13 +29,20 @@ from semproxy.compress.compressor import Compressor, SpanSafeCompressor
 from semproxy.compress.models import resolve_compression_model
 from semproxy.compress.scorers import PerplexityScorer, TokenClassifierScorer, load_prompt_compressor
 from semproxy.compress.service import CompressionPolicy, CompressionService
-from semproxy.compress.tokens import install_offline_encodings
+from semproxy.compress.tokens import count_tokens, install_offline_encodings
 from semproxy.config import Settings
 from semproxy.errors import error_body
+from semproxy.middleware import controls
 from semproxy.middleware.asgi import ASGIApp, Receive, Scope, Send
 from semproxy.middleware.cache import SemanticCacheMiddleware
 from semproxy.middleware.compression import CompressionMiddleware
+from semproxy.middleware.stats import AdminAccess, StatsMiddleware, UpstreamTimer
+from semproxy.stats.log import RequestLog, TokenCounter
+from semproxy.stats.metrics import Metrics
+from semproxy.stats.prices import PriceTable
 from semproxy.upstream.proxy import UpstreamProxy
+
+log = logging.getLogger("semproxy")
 
 
 def build_cache(
@@ -83,6 +94,67 @@ def compression_layer(app: ASGIApp, settings: Settings, service: CompressionServ
         return app
     return CompressionMiddleware(app, service=service or build_compression(settings),
                                  max_body_bytes=settings.max_body_bytes)
+
+
+def stats_layer(app: ASGIApp, settings: Settings, cache: SemanticCache, *, proxy_mode: bool = True) -> ASGIApp:
+    """`app` behind the statistics layer (request log, Prometheus metrics, admin endpoints), if it is on."""
+    if not settings.stats_enabled:
+        return app
+    metrics = Metrics(cache_entries=partial(_count_entries, settings.db_path))
+    request_log = RequestLog(
+        settings.stats_path, prices=PriceTable(settings.prices), count=partial(_token_counter, settings.data_dir),
+        retention_days=settings.stats_retention_days, prompt_chars=settings.stats_prompt_chars,
+        listeners=[metrics.observe],
+    )
+    metrics.dropped.set_function(lambda: request_log.dropped)
+    return StatsMiddleware(
+        app, log=request_log, metrics=metrics, access=AdminAccess(settings.admin_token, settings.admin_remote),
+        tenant_of=partial(_tenant_of, settings, cache),
+        default_upstream=urllib.parse.urlsplit(settings.upstream).netloc if proxy_mode else "app",
+        # In middleware mode the app's own /metrics (if any) stays the app's.
+        metrics_paths=("/metrics", "/semproxy/metrics") if proxy_mode else ("/semproxy/metrics",),
+        max_body_bytes=settings.max_body_bytes, show_prompt_text=settings.stats_prompt_chars > 0,
+    )
+
+
+def middleware_layers(app: ASGIApp, cache_layer: ASGIApp, settings: Settings,
+                      cache: SemanticCache) -> tuple[ASGIApp, ASGIApp]:
+    """Middleware mode: (what the cache layer wraps, what wraps the cache layer) around the user's app."""
+    inner = compression_layer(UpstreamTimer(app), settings)
+    return inner, stats_layer(cache_layer, settings, cache, proxy_mode=False)
+
+
+def _tenant_of(settings: Settings, cache: SemanticCache, scope: Scope) -> str | None:
+    """The request's tenant hash, the same the cache uses (None until the cache's store is open)."""
+    if not cache.store_ready:
+        return None
+    namespace = controls.namespace(scope, configured=settings.namespace,
+                                   header_allowed=settings.allow_namespace_header)
+    return cache.tenant(api_key=controls.api_key(scope), namespace=namespace)
+
+
+def _token_counter(data_dir: Path) -> TokenCounter:
+    """tiktoken, offline; a rough four-characters-a-token estimate if its encodings are missing."""
+    try:
+        install_offline_encodings(data_dir / "tiktoken")
+        count_tokens("warm up", "gpt-4o")
+        return count_tokens
+    except Exception:
+        log.exception("tiktoken is unavailable; token counts without `usage` are estimated from characters")
+        return lambda text, _model: (len(text) + 3) // 4
+
+
+def _count_entries(db_path: Path) -> float:
+    """Entries in the cache, read from its SQLite file (for the metrics gauge)."""
+    if not db_path.exists():
+        return 0.0
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+    try:
+        return float(db.execute("SELECT count(*) FROM entries").fetchone()[0])
+    except sqlite3.Error:
+        return float("nan")
+    finally:
+        db.close()
 
 
 def _compression_state(service: CompressionService | None) -> str:
@@ -139,4 +211,5 @@ def build_app(
         else:
             await service(scope, receive, send)
 
-    return SemanticCacheMiddleware(compression_layer(route, settings, compression), settings=settings, cache=cache)
+    inner = compression_layer(UpstreamTimer(route), settings, compression)
+    return stats_layer(SemanticCacheMiddleware(inner, settings=settings, cache=cache), settings, cache)

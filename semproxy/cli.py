@@ -1,4 +1,4 @@
-"""The `semproxy` command: serve, and cache maintenance."""
+"""The `semproxy` command: serve, statistics, and cache maintenance."""
 
 from __future__ import annotations
 
@@ -37,6 +37,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
     serve.set_defaults(handler=_serve)
 
+    stats = commands.add_parser("stats", help="requests, hit rates, savings and latency from the request log")
+    _common(stats)
+    stats.add_argument("--since", default="24h", help="how far back: 90m, 24h, 7d, ... (default 24h)")
+    stats.add_argument("--by", choices=("model", "tenant", "upstream", "endpoint"), help="add a table per group")
+    stats.add_argument("--json", action="store_true", help="print the figures as JSON (keys in the README)")
+    stats.add_argument("--top", type=int, default=10, help="how many repeated prompts to list (default 10)")
+    stats.add_argument("--buckets", type=int, default=24, help="intervals in the hit-rate chart (default 24)")
+    stats.add_argument("--hashes", action="store_true", help="show prompt hashes even where text was logged")
+    stats.set_defaults(handler=_stats)
+
     cache = commands.add_parser("cache", help="inspect or clear the cache")
     cache_commands = cache.add_subparsers(required=True, metavar="ACTION")
     clear = cache_commands.add_parser("clear", help="remove cached entries")
@@ -68,6 +78,27 @@ def _serve(settings: Settings, _: argparse.Namespace) -> int:
     print(f"semproxy: forwarding to {settings.upstream}; data in {settings.data_dir}", file=sys.stderr)
     uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
                 access_log=False, lifespan="on", timeout_graceful_shutdown=30)
+    return 0
+
+
+def _stats(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from rich.console import Console
+
+    from semproxy.stats import report, terminal
+
+    try:
+        figures = report.summarize(settings.stats_path, since_seconds=report.parse_duration(args.since), by=args.by,
+                                   top=max(0, args.top), buckets=max(1, min(200, args.buckets)),
+                                   show_text=not args.hashes)
+    except ConfigError as exc:
+        print(f"semproxy: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    else:
+        terminal.render(figures, Console())
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import tomllib
@@ -69,6 +70,14 @@ class Settings:
     compression_keep_start: str = "<keep>"
     compression_keep_end: str = "</keep>"
 
+    # Statistics: request log, /metrics, dashboard
+    stats_enabled: bool = True
+    stats_retention_days: float = 30.0  # 0 keeps the log forever
+    stats_prompt_chars: int = 0  # 0 logs a keyed hash of each prompt; N > 0 also its first N characters
+    prices: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # model -> [input, output] USD/1M
+    admin_token: str | None = None
+    admin_remote: bool = False  # let non-loopback clients reach the admin endpoints (needs admin_token)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
         object.__setattr__(self, "upstream", self.upstream.rstrip("/"))
@@ -88,11 +97,22 @@ class Settings:
         _check(0.0 < self.compression_rate <= 1.0, "compression_rate must be above 0 and at most 1")
         _check(self.compression_min_tokens >= 0, "compression_min_tokens must be >= 0")
         _check(bool(self.compression_keep_start and self.compression_keep_end), "keep markers must not be empty")
+        _check(self.stats_retention_days >= 0, "stats_retention_days must be >= 0 (0 keeps the log forever)")
+        _check(self.stats_prompt_chars >= 0, "stats_prompt_chars must be >= 0")
+        _check(not self.admin_remote or bool(self.admin_token), "admin_remote needs an admin_token")
+        _check(isinstance(self.prices, dict) and all(isinstance(v, list | tuple) and len(v) == 2
+                   and all(isinstance(x, int | float) and x >= 0 for x in v) for v in self.prices.values()),
+               "prices must map a model to [input, output] prices per million tokens, both >= 0")
 
     @property
     def db_path(self) -> Path:
         """The SQLite file that holds the cache entries."""
         return self.data_dir / "cache.sqlite3"
+
+    @property
+    def stats_path(self) -> Path:
+        """The SQLite file that holds the request log."""
+        return self.data_dir / "stats.sqlite3"
 
 
 def _check(condition: bool, message: str) -> None:
@@ -154,6 +174,8 @@ def _coerce(field: dataclasses.Field[Any], value: Any) -> Any:
     try:
         if "bool" in kind:
             return _to_bool(value)
+        if kind.startswith("dict"):
+            return json.loads(value) if isinstance(value, str) else dict(value)
         if kind.startswith("int"):
             return int(value)
         if kind.startswith("float"):
@@ -163,7 +185,7 @@ def _coerce(field: dataclasses.Field[Any], value: Any) -> Any:
         if "None" in kind and value in ("", None):
             return None
         return str(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:  # json's JSONDecodeError is a ValueError
         raise ConfigError(f"setting {field.name!r}: cannot read {value!r} as {kind}") from exc
 
 

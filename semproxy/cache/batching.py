@@ -6,11 +6,13 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from semproxy.cache.embedder import Embedder
 from semproxy.cache.records import Vector
+from semproxy.stats import timing
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,7 +51,7 @@ class BatchingEmbedder:
 
     async def _submit(self, text: str, then: Callable[[Vector], Any] | None) -> tuple[Vector | None, Any]:
         queue = self._ensure_worker()
-        job = _Job(text, then, asyncio.get_running_loop().create_future())
+        job = _Job(text, then, asyncio.get_running_loop().create_future(), timing.current())
         await queue.put(job)
         return await job.future
 
@@ -87,7 +89,11 @@ class BatchingEmbedder:
     def _process(self, jobs: list[_Job]) -> list[tuple[Vector | None, Any] | BaseException]:
         """On the model thread: one forward pass for every text that fits, then each job's follow-up."""
         fitting = [i for i, job in enumerate(jobs) if self._embedder.fits(job.text)]
+        started = time.perf_counter()
         vectors = self._embedder.embed([jobs[i].text for i in fitting]) if fitting else None
+        elapsed = time.perf_counter() - started
+        for i in fitting:  # each request waited for the whole forward pass
+            timing.add_ms(jobs[i].timings, "embed_ms", elapsed)
         by_job: dict[int, Vector] = {i: vectors[row] for row, i in enumerate(fitting)} if vectors is not None else {}
         return [self._follow_up(job, by_job.get(i)) for i, job in enumerate(jobs)]
 
@@ -95,10 +101,13 @@ class BatchingEmbedder:
     def _follow_up(job: _Job, vector: Vector | None) -> tuple[Vector | None, Any] | BaseException:
         if vector is None or job.then is None:
             return vector, None
+        started = time.perf_counter()
         try:
             return vector, job.then(vector)
         except Exception as exc:
             return exc
+        finally:
+            timing.add_ms(job.timings, "search_ms", time.perf_counter() - started)
 
     async def aclose(self) -> None:
         """Stop the worker; waiting callers get a CancelledError."""
@@ -113,3 +122,4 @@ class _Job:
     text: str
     then: Callable[[Vector], Any] | None
     future: asyncio.Future[tuple[Vector | None, Any]]
+    timings: dict[str, Any] | None = None  # the request's info dict, for the statistics

@@ -61,11 +61,12 @@ class SemanticCacheMiddleware:
         routes: Mapping[str, Kind] = DEFAULT_ROUTES,
     ) -> None:
         self.settings = settings or Settings()
+        self._outer: ASGIApp = self._handle
         if cache is None:  # middleware mode: the composition root picks the concrete parts
-            from semproxy.app import build_cache, compression_layer
+            from semproxy.app import build_cache, middleware_layers
 
             cache = build_cache(self.settings)
-            app = compression_layer(app, self.settings)
+            app, self._outer = middleware_layers(app, self._handle, self.settings, cache)
         self.app = app
         self.cache = cache
         self.routes = dict(routes)
@@ -73,6 +74,9 @@ class SemanticCacheMiddleware:
         self._starting: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._outer(scope, receive, send)  # in middleware mode, through the statistics layer first
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self.app(scope, lifespan_hooks(receive, on_startup=self.start, on_shutdown=self.cache.close), send)
             return

@@ -1,0 +1,247 @@
+"""The request log: an SQLite table in the data dir, written in batches by its own thread.
+
+The request path only puts an `Observed` on a bounded queue (never waits: when the queue is full the
+record is dropped and counted). The thread turns each into a `RequestRecord` (parsing and token counting
+happen here, not on the event loop), tells the listeners (Prometheus), and commits a batch every
+`flush_seconds` or `max_batch` records. Rows older than the retention are deleted at start and hourly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from semproxy.stats.prices import PriceTable
+from semproxy.stats.record import Observed, RequestRecord, finish
+
+log = logging.getLogger("semproxy.stats")
+
+COLUMNS = [f.name for f in dataclasses.fields(RequestRecord)]
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL, tenant TEXT, model TEXT, upstream TEXT, endpoint TEXT NOT NULL, method TEXT NOT NULL,
+    status INTEGER NOT NULL, outcome TEXT NOT NULL, stream INTEGER NOT NULL, similarity REAL, verdict TEXT,
+    attempts TEXT, total_ms REAL NOT NULL, ttfb_ms REAL, embed_ms REAL, search_ms REAL, upstream_ms REAL,
+    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, compression_saved_tokens INTEGER NOT NULL,
+    hit_saved_tokens INTEGER NOT NULL, cost_saved_hit REAL NOT NULL, cost_saved_compression REAL NOT NULL,
+    priced INTEGER NOT NULL, prompt_hash TEXT, prompt_text TEXT
+);
+CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+"""
+HOUR = 3600.0
+Listener = Callable[[RequestRecord], None]
+TokenCounter = Callable[[str, str], int]
+_STOP = object()
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection to the log with its schema in place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=30, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")  # a crash may lose the last batch, never corrupt the file
+    db.executescript(SCHEMA)
+    return db
+
+
+class RequestLog:
+    """Takes observed requests without blocking and writes them to SQLite on its own thread."""
+
+    def __init__(self, path: Path, *, prices: PriceTable, count: Callable[[], TokenCounter],
+                 retention_days: float = 30.0, prompt_chars: int = 0, listeners: Sequence[Listener] = (),
+                 flush_seconds: float = 0.5, max_batch: int = 512, max_pending: int = 10_000,
+                 idle_seconds: float = 30.0, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._prices, self._make_counter, self._listeners = prices, count, list(listeners)
+        self._retention = retention_days * 24 * HOUR
+        self._prompt_chars, self._flush_seconds, self._max_batch = prompt_chars, flush_seconds, max_batch
+        self._clock, self._idle_seconds = clock, idle_seconds
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()  # flush() and close() cut the batching wait short
+        self.dropped = 0  # observations lost to a full queue
+        self.written = 0
+
+    def submit(self, observed: Observed) -> None:
+        """Queue one request for the log; never blocks (drops it if the writer is far behind)."""
+        with self._lock:  # the writer only retires, idle, under this lock with an empty queue
+            self._start()
+            try:
+                self._queue.put_nowait(observed)
+            except queue.Full:
+                self.dropped += 1
+
+    def start(self) -> None:
+        """Start the writer thread (idempotent; it also starts with the first request)."""
+        with self._lock:
+            self._start()
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="semproxy-stats", daemon=True)
+            self._thread.start()
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Block until everything submitted so far is written (True) or `timeout` passes (False)."""
+        done = threading.Event()
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                return True
+            try:
+                self._queue.put_nowait(done)
+                queued = True
+            except queue.Full:
+                queued = False
+        if not queued:
+            try:
+                self._queue.put(done, timeout=timeout)  # a full queue keeps the writer busy: it cannot retire
+            except queue.Full:
+                return False
+        self._wake.set()
+        return done.wait(timeout)
+
+    def close(self) -> None:
+        """Write what is queued and stop the thread."""
+        with self._lock:
+            thread = self._thread
+            if thread is not None and thread.is_alive():
+                self._queue.put(_STOP)  # the writer needs the lock only to retire, which a queued item prevents
+                self._wake.set()
+            self._thread = None
+        if thread is not None:
+            thread.join(timeout=30)
+
+    # ---------------------------------------------------------------- the writer thread
+
+    def _run(self) -> None:
+        try:
+            db = connect(self.path)
+            key = _hash_key(db)
+            count = self._make_counter()
+        except Exception:
+            log.exception("the request log could not open %s; requests are not logged", self.path)
+            self._drain_forever()
+            return
+        next_sweep = 0.0
+        try:
+            while True:
+                if self._clock() >= next_sweep:
+                    self._sweep(db)
+                    next_sweep = self._clock() + HOUR
+                first = self._next_or_retire()
+                if first is None:
+                    return
+                batch, waiting, stop = self._collect(first)
+                self._write(db, [self._finish(o, key, count) for o in batch])
+                for event in waiting:
+                    event.set()
+                if stop:
+                    return
+        finally:
+            db.close()
+
+    def _next_or_retire(self) -> object | None:
+        """The next item; None once the log was idle for `idle_seconds` (the thread then ends)."""
+        while True:
+            try:
+                return self._queue.get(timeout=self._idle_seconds)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._thread = None
+                        return None
+
+    def _collect(self, item: object) -> tuple[list[Observed], list[threading.Event], bool]:
+        """Take what arrives within `flush_seconds` of `item` (up to `max_batch` records).
+
+        Between batches the thread sleeps instead of waking for every record: a wake-up per request would
+        take the GIL from the event loop as often as requests come.
+        """
+        batch: list[Observed] = []
+        waiting: list[threading.Event] = []
+        deadline = time.monotonic() + self._flush_seconds
+        while True:
+            if item is _STOP:
+                return batch, waiting, True
+            if isinstance(item, threading.Event):
+                waiting.append(item)  # someone waits: write what is there now
+            elif isinstance(item, Observed):
+                batch.append(item)
+            if waiting or len(batch) >= self._max_batch:
+                return batch, waiting, False
+            try:
+                item = self._queue.get_nowait()
+                continue
+            except queue.Empty:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return batch, waiting, False
+            self._wake.wait(remaining)
+            self._wake.clear()  # before looking: a flush queued after this is found below or wakes us again
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return batch, waiting, False
+
+    def _finish(self, observed: Observed, key: bytes, count: TokenCounter) -> RequestRecord | None:
+        try:
+            record = finish(observed, prices=self._prices, count=count, hash_key=key,
+                            prompt_chars=self._prompt_chars)
+        except Exception:
+            log.exception("could not make a log record of %s %s", observed.method, observed.endpoint)
+            return None
+        for listener in self._listeners:
+            try:
+                listener(record)
+            except Exception:
+                log.exception("a statistics listener failed")
+        return record
+
+    def _write(self, db: sqlite3.Connection, records: list[RequestRecord | None]) -> None:
+        rows = [tuple(getattr(r, c) for c in COLUMNS) for r in records if r is not None]
+        if not rows:
+            return
+        sql = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+        try:
+            with db:
+                db.executemany(sql, rows)
+            self.written += len(rows)
+        except sqlite3.Error:
+            log.exception("could not write %d log records", len(rows))
+
+    def _sweep(self, db: sqlite3.Connection) -> None:
+        if self._retention <= 0:
+            return
+        try:
+            with db:
+                db.execute("DELETE FROM requests WHERE ts < ?", (self._clock() - self._retention,))
+        except sqlite3.Error:
+            log.exception("could not apply the log's retention")
+
+    def _drain_forever(self) -> None:
+        """A log that cannot open still answers flush() and close(), so nothing waits on it forever."""
+        while (item := self._queue.get()) is not _STOP:
+            if isinstance(item, threading.Event):
+                item.set()
+
+
+def _hash_key(db: sqlite3.Connection) -> bytes:
+    """The per-installation key for prompt hashes (made once, kept in the log's own database)."""
+    row = db.execute("SELECT value FROM meta WHERE name = 'prompt_hash_key'").fetchone()
+    if row is not None:
+        return bytes(row[0])
+    key = os.urandom(32)
+    with db:
+        db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('prompt_hash_key', ?)", (key,))
+    return bytes(db.execute("SELECT value FROM meta WHERE name = 'prompt_hash_key'").fetchone()[0])

@@ -1,0 +1,157 @@
+"""The request log's writer thread (batches, never blocking, retention) and the report computed from it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from semproxy.errors import ConfigError
+from semproxy.stats import report
+from semproxy.stats.log import RequestLog
+from semproxy.stats.prices import PriceTable
+from semproxy.stats.record import Observed, RequestRecord
+
+
+def _counter() -> Any:
+    return lambda text, _model: len(text.split())
+
+
+def _observed(ts: float, outcome: str, *, total_ms: float = 10.0, prompt: str = "hello world",
+              model: str = "gpt-4o-mini", tenant: str = "t1", stream: bool = False, status: int = 200) -> Observed:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}]}).encode()
+    answer = b'{"choices": [], "usage": {"prompt_tokens": 100, "completion_tokens": 50}}'
+    return Observed(started=ts, method="POST", endpoint="/v1/chat/completions", tenant=lambda: tenant,
+                    request_body=[body], status=status,
+                    content_type="text/event-stream" if stream else "application/json",
+                    response_body=[] if stream else [answer], total_ms=total_ms, ttfb_ms=total_ms / 2,
+                    info={"cache": outcome}, default_upstream="up")
+
+
+def _log(path: Path, **options: Any) -> RequestLog:
+    return RequestLog(path, prices=PriceTable(), count=_counter, **options)
+
+
+def test_records_are_written_in_batches_off_the_caller(tmp_path: Path) -> None:
+    seen: list[RequestRecord] = []
+    log = _log(tmp_path / "stats.sqlite3", listeners=[seen.append], flush_seconds=5.0)
+    started = time.perf_counter()
+    for i in range(200):
+        log.submit(_observed(1000.0 + i, "miss"))
+    assert time.perf_counter() - started < 0.5  # submitting is a queue put, whatever the writer does
+    assert log.flush()  # a flush does not wait for flush_seconds
+    assert log.written == 200 and len(seen) == 200
+    with sqlite3.connect(tmp_path / "stats.sqlite3") as db:
+        assert db.execute("SELECT count(*), sum(prompt_tokens) FROM requests").fetchone() == (200, 20000)
+    log.close()
+
+
+def test_a_full_queue_drops_instead_of_blocking(tmp_path: Path) -> None:
+    gate = threading.Event()
+
+    def slow_counter() -> Any:
+        gate.wait(10)  # the writer is stuck opening: nothing leaves the queue
+        return _counter()
+
+    log = RequestLog(tmp_path / "s.sqlite3", prices=PriceTable(), count=slow_counter, max_pending=5)
+    started = time.perf_counter()
+    for i in range(50):
+        log.submit(_observed(float(i), "miss"))
+    assert time.perf_counter() - started < 0.5
+    assert log.dropped >= 44
+    gate.set()
+    assert log.flush()
+    assert log.written == 50 - log.dropped
+    log.close()
+
+
+def test_retention_deletes_old_rows_and_the_thread_retires_when_idle(tmp_path: Path) -> None:
+    now = 10 * 86400.0
+    path = tmp_path / "stats.sqlite3"
+    first = _log(path, retention_days=0)  # keeps everything
+    for age_days in (0.5, 2, 5):
+        first.submit(_observed(now - age_days * 86400, "miss"))
+    first.close()
+    log = _log(path, retention_days=1, clock=lambda: now, idle_seconds=0.2)
+    log.start()  # the sweep runs when the writer starts
+    assert log.flush()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM requests").fetchone() == (1,)
+    deadline = time.monotonic() + 5
+    while log._thread is not None:  # idle: the thread ends, and the next request starts another
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    log.submit(_observed(now, "exact"))
+    assert log.flush() and log.written == 1
+    log.close()
+
+
+def _fill(path: Path, now: float) -> None:
+    log = _log(path, retention_days=0, prompt_chars=20)
+    for i in range(10):
+        log.submit(_observed(now - 3000 + i, "miss", total_ms=100.0 + i, prompt=f"question {i % 3}"))
+    for i in range(6):
+        log.submit(_observed(now - 100 + i, "exact", total_ms=1.0 + i, prompt="question 0", tenant="t2"))
+    log.submit(_observed(now - 50, "semantic", total_ms=20.0, prompt="question 1", model="my-own-model"))
+    log.submit(_observed(now - 40, "bypass", status=502, stream=True))
+    log.submit(_observed(now - 99999, "exact"))  # outside every window below
+    log.close()
+
+
+def test_the_report(tmp_path: Path) -> None:
+    now = 1_000_000.0
+    path = tmp_path / "stats.sqlite3"
+    _fill(path, now)
+    figures = report.summarize(path, since_seconds=3600, now=now, buckets=6, by="model")
+    assert figures["requests"] == 18 and figures["errors"] == 1
+    assert figures["outcomes"] == {"exact": 6, "semantic": 1, "miss": 10, "bypass": 1}
+    assert figures["hit_rate"] == round(7 / 17, 4)
+    assert figures["hit_rate_by_tier"] == {"exact": round(6 / 17, 4), "semantic": round(1 / 17, 4)}
+    assert figures["tokens"]["saved_by_cache"] == 7 * 150
+    assert figures["tokens"]["saved_unpriced"] == 150  # the semantic hit of a model without a price
+    assert figures["cost_saved_usd"]["cache"] == pytest.approx(6 * (100 * 0.15 + 50 * 0.60) / 1e6, abs=1e-6)
+    assert figures["latency_ms"]["hit"] == {"count": 7, "p50": 4.0, "p95": 20.0, "p99": 20.0}
+    assert figures["latency_ms"]["miss"]["p50"] == 104.0 and figures["latency_ms"]["miss"]["p99"] == 109.0
+    assert figures["latency_ms"]["ttfb_stream"]["count"] == 1
+    top = figures["top_prompts"][0]
+    assert (top["text"], top["requests"], top["hits"]) == ("question 0", 10, 6)
+    timeline = figures["timeline"]
+    assert len(timeline) == 6 and sum(b["requests"] for b in timeline) == 18
+    assert timeline[-1]["hit_rate"] == 1.0 and timeline[1]["hit_rate"] == 0.0 and timeline[0]["hit_rate"] is None
+    assert timeline[-1]["hit_latency_ms"] is not None and timeline[2]["hit_rate"] is None
+    groups = {row["key"]: row for row in figures["groups"]["rows"]}
+    assert groups["gpt-4o-mini"]["requests"] == 17 and groups["my-own-model"]["hit_rate"] == 1.0
+    by_tenant = report.summarize(path, since_seconds=3600, now=now, by="tenant")["groups"]["rows"]
+    assert [(r["key"], r["requests"]) for r in by_tenant] == [("t1", 12), ("t2", 6)]
+    hidden = report.summarize(path, since_seconds=3600, now=now, show_text=False)
+    assert hidden["top_prompts"][0]["text"] is None and hidden["top_prompts"][0]["prompt_hash"]
+
+
+def test_an_empty_or_missing_log_reports_zeros(tmp_path: Path) -> None:
+    figures = report.summarize(tmp_path / "nothing.sqlite3", buckets=4)
+    assert figures["requests"] == 0 and figures["hit_rate"] is None and len(figures["timeline"]) == 4
+    assert set(figures) == {"window", "requests", "errors", "outcomes", "hit_rate", "hit_rate_by_tier", "tokens",
+                            "cost_saved_usd", "latency_ms", "top_prompts", "timeline"}
+
+
+def test_durations_and_groups_are_checked() -> None:
+    assert [report.parse_duration(t) for t in ("90", "15m", "24h", "7d", "1.5h")] == [90, 900, 86400, 604800, 5400]
+    with pytest.raises(ConfigError):
+        report.parse_duration("yesterday")
+    with pytest.raises(ConfigError):
+        report.summarize(Path("x"), by="colour")
+
+
+def test_records_and_the_table_agree() -> None:
+    from semproxy.stats.log import COLUMNS, SCHEMA
+
+    db = sqlite3.connect(":memory:")
+    db.executescript(SCHEMA)
+    table = [row[1] for row in db.execute("PRAGMA table_info(requests)")]
+    assert table == ["id", *COLUMNS] == ["id", *(f.name for f in dataclasses.fields(RequestRecord))]
