@@ -4,7 +4,7 @@ Reproduces ``semproxy/cache/data/verifier_model.npz`` and ``semproxy/cache/data/
 
 1. word rarity (inverse document frequency) from the train and calibrate splits of every dataset plus the
    ShareGPT first turns (real prompts, no labels);
-2. a one-hidden-layer network (scikit-learn's MLPClassifier, exported to numpy) on the train split: the
+2. gradient-boosted trees (scikit-learn's HistGradientBoostingClassifier, exported to numpy) on the train split: the
    pairs whose cosine reaches the candidate floor and that no rule rejects, the only pairs it will see;
 3. the calibration curve on the calibrate split: for each score threshold, the share of each dataset's
    negative pairs that would be served (cosine >= floor, no rule, score >= threshold). The curve keeps
@@ -25,23 +25,24 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import verifier_data as vd  # noqa: E402
+import verifier_data as vd
 
-from semproxy.cache.text import analyze  # noqa: E402
-from semproxy.cache.verifier import IDF_FILE, MODEL_FILE, PairModel, WordRarity, pair_vector, rule_rejection  # noqa: E402
+from semproxy.cache.text import analyze
+from semproxy.cache.verifier import IDF_FILE, MODEL_FILE, PairModel, WordRarity, pair_vector, rule_rejection
 
 DATA_OUT = Path(__file__).resolve().parent.parent / "semproxy" / "cache" / "data"
 CANDIDATE_FLOOR = 0.80  # the default `similarity_threshold`: FAISS candidates below it are never verified
 TRAIN_FLOOR = 0.70  # a little below the floor, so the model also learns the region just above it
-HIDDEN_UNITS = 64
+TREES = 300
 SEED = 0
-CURVE_LOGITS = np.linspace(-8.0, 16.0, 2401)  # the network is confident: a logit grid resolves its top end
+CURVE_LOGITS = np.linspace(-8.0, 16.0, 2401)  # a logit grid resolves scores crowded near 0 and 1
 
 
 def log(message: str) -> None:
@@ -75,40 +76,60 @@ def fit_rarity(datasets: list[vd.Dataset]) -> WordRarity:
 
 def pair_matrix(d: vd.Dataset, rows: npt.NDArray[np.intp], rarity: WordRarity,
                 floor: float) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
-    """Model inputs of the rows that reach the model (cosine >= floor, no rule), their labels, and the mask."""
+    """Model inputs of the rows the verifier scores (cosine >= floor, no rule), their labels, and which of
+    them have the same words on both sides (accepted before the model, as `HitVerifier.verify` does)."""
     cosines = d.cosines(rows)
-    reach = np.zeros(len(rows), dtype=np.bool_)
-    features = []
+    features, labels, same = [], [], []
     for k, row in enumerate(rows):
         asked, stored = d.facts[d.right[row]], d.facts[d.left[row]]
-        if cosines[k] < floor or rule_rejection(asked, stored) is not None:
+        same_words = asked.words == stored.words
+        if cosines[k] < floor or (not same_words and rule_rejection(asked, stored) is not None):
             continue
-        reach[k] = True
         features.append(pair_vector(asked, d.vectors[d.right[row]], stored, d.vectors[d.left[row]],
                                     float(cosines[k]), rarity))
+        labels.append(bool(d.labels[row]))
+        same.append(same_words)
     matrix = np.vstack(features) if features else np.zeros((0, 1), dtype=np.float32)
-    return matrix, d.labels[rows][reach], reach
+    return matrix, np.asarray(labels, dtype=np.bool_), np.asarray(same, dtype=np.bool_)
 
 
 def fit_model(datasets: list[vd.Dataset], rarity: WordRarity) -> PairModel:
-    from sklearn.neural_network import MLPClassifier
+    from sklearn.ensemble import HistGradientBoostingClassifier
 
     parts = [pair_matrix(d, d.rows("train"), rarity, TRAIN_FLOOR) for d in datasets]
-    x = np.vstack([p[0] for p in parts])
-    y = np.concatenate([p[1] for p in parts])
-    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    x = np.vstack([p[0][~p[2]] for p in parts])
+    y = np.concatenate([p[1][~p[2]] for p in parts])
     log(f"fitting on {len(y):,} pairs ({int(y.sum()):,} positive), {x.shape[1]} inputs")
     started = time.perf_counter()
-    network = MLPClassifier(hidden_layer_sizes=(HIDDEN_UNITS,), alpha=1e-2, max_iter=300, early_stopping=True,
-                            validation_fraction=0.15, n_iter_no_change=15, random_state=SEED)
-    network.fit((x - mean) / scale, y)
-    log(f"fitted in {time.perf_counter() - started:.0f} s, {network.n_iter_} epochs")
-    return PairModel(
-        mean=mean.astype(np.float32), scale=scale.astype(np.float32),
-        hidden_weights=network.coefs_[0].astype(np.float32), hidden_bias=network.intercepts_[0].astype(np.float32),
-        output_weights=network.coefs_[1][:, 0].astype(np.float32), output_bias=float(network.intercepts_[1][0]),
-        curve_scores=np.zeros(1), curve_false_hit_rates=np.zeros(1),
-    )
+    boosted = HistGradientBoostingClassifier(max_iter=TREES, learning_rate=0.05, random_state=SEED)
+    boosted.fit(x, y)
+    log(f"fitted {len(boosted._predictors)} trees in {time.perf_counter() - started:.0f} s")
+    model = export_trees(boosted)
+    agreement = np.abs(model.score(x) - boosted.predict_proba(x)[:, 1]).max()
+    log(f"numpy trees agree with scikit-learn within {agreement:.1e}")
+    return model
+
+
+def export_trees(boosted: Any) -> PairModel:
+    """scikit-learn's fitted trees as padded node arrays (a leaf points to itself)."""
+    trees = [predictors[0].nodes for predictors in boosted._predictors]
+    width = max(len(nodes) for nodes in trees)
+    shape = (len(trees), width)
+    feature, left, right = (np.zeros(shape, dtype=np.int32) for _ in range(3))
+    threshold, value = np.zeros(shape), np.zeros(shape)
+    for t, nodes in enumerate(trees):
+        n = len(nodes)
+        own = np.arange(n, dtype=np.int32)
+        leaf = nodes["is_leaf"].astype(bool)
+        feature[t, :n] = np.where(leaf, 0, nodes["feature_idx"])
+        threshold[t, :n] = np.where(leaf, np.inf, nodes["num_threshold"])
+        left[t, :n] = np.where(leaf, own, nodes["left"])
+        right[t, :n] = np.where(leaf, own, nodes["right"])
+        value[t, :n] = np.where(leaf, nodes["value"], 0.0)
+    depth = int(max(nodes["depth"].max() for nodes in trees))
+    return PairModel(feature=feature, threshold=threshold, left=left, right=right, value=value,
+                     baseline=float(np.ravel(boosted._baseline_prediction)[0]), depth=depth,
+                     curve_scores=np.zeros(1), curve_false_hit_rates=np.zeros(1))
 
 
 def calibration_curve(model: PairModel, datasets: list[vd.Dataset], rarity: WordRarity
@@ -119,9 +140,9 @@ def calibration_curve(model: PairModel, datasets: list[vd.Dataset], rarity: Word
     per_dataset: dict[str, list[float]] = {}
     for d in datasets:
         rows = d.rows("calibrate")
-        x, labels, _ = pair_matrix(d, rows, rarity, CANDIDATE_FLOOR)
+        x, labels, same = pair_matrix(d, rows, rarity, CANDIDATE_FLOOR)
         negatives = int((~d.labels[rows]).sum())
-        scores = model.score(x) if len(x) else np.zeros(0)
+        scores = np.where(same, 1.0, model.score(x)) if len(x) else np.zeros(0)
         negative_scores = np.sort(scores[~labels])
         served = len(negative_scores) - np.searchsorted(negative_scores, grid, side="left")
         rates = served / max(negatives, 1)
@@ -137,7 +158,7 @@ def main() -> None:
     rarity = fit_rarity(datasets)
     model = fit_model(datasets, rarity)
     grid, worst, per_dataset = calibration_curve(model, datasets, rarity)
-    model = PairModel(**{**model.__dict__, "curve_scores": grid, "curve_false_hit_rates": worst})
+    model = model.with_curve(grid, worst)
     DATA_OUT.mkdir(parents=True, exist_ok=True)
     model.save(DATA_OUT / MODEL_FILE)
     payload = json.dumps({"idf": rarity.idf, "unknown": rarity.unknown}, sort_keys=True, separators=(",", ":"))

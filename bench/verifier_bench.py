@@ -37,9 +37,9 @@ import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import verifier_data as vd  # noqa: E402
+import verifier_data as vd
 
-from semproxy.cache.verifier import Candidate, HitVerifier  # noqa: E402
+from semproxy.cache.verifier import Candidate, HitVerifier
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "verifier_bench.json"
 FLOOR = 0.80
@@ -110,7 +110,8 @@ def _choose(d: vd.Dataset, row: int, ids: npt.NDArray[np.intp], sims: npt.NDArra
     if verifier is None:
         return int(ids[0])
     asked = d.right[row]
-    candidates = [Candidate(facts=d.facts[i], vector=d.vectors[i], similarity=float(s)) for i, s in zip(ids, sims)]
+    candidates = [Candidate(facts=d.facts[i], vector=d.vectors[i], similarity=float(s))
+                  for i, s in zip(ids, sims, strict=True)]
     best, _ = verifier.choose(d.facts[asked], d.vectors[asked], candidates)
     return None if best is None else int(ids[best])
 

@@ -23,9 +23,9 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import threshold_sweep as sweep  # noqa: E402
+import threshold_sweep as sweep
 
-from semproxy.cache.text import PromptFacts, analyze  # noqa: E402
+from semproxy.cache.text import PromptFacts, analyze
 
 SPLITS = ("train", "calibrate", "heldout")
 

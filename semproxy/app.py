@@ -25,6 +25,7 @@ from semproxy.cache.embedder import Embedder, SentenceTransformerEmbedder
 from semproxy.cache.index import FaissIndex
 from semproxy.cache.service import CachePolicy, SemanticCache
 from semproxy.cache.store import SqliteStore
+from semproxy.cache.verifier import HitVerifier
 from semproxy.compress.compressor import Compressor, SpanSafeCompressor
 from semproxy.compress.models import resolve_compression_model
 from semproxy.compress.scorers import PerplexityScorer, TokenClassifierScorer, load_prompt_compressor
@@ -61,6 +62,8 @@ def build_cache(
     return SemanticCache(
         open_store=partial(SqliteStore, settings.db_path),
         load_embedder=load_embedder if settings.semantic_enabled else None,
+        load_verifier=partial(HitVerifier.packaged, max_false_hit_rate=settings.max_false_hit_rate)
+        if settings.verify_hits else None,
         make_index=partial(FaissIndex, large_scope_entries=settings.large_scope_entries),
         policy=policy,
         clock=clock,

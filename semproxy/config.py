@@ -50,8 +50,10 @@ class Settings:
     cache_enabled: bool = True
     semantic_enabled: bool = True
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
-    similarity_threshold: float = 0.95
+    similarity_threshold: float = 0.80  # candidates below this cosine are never considered
     semantic_top_k: int = 4
+    verify_hits: bool = True  # the hit verifier checks every semantic candidate (see semproxy/cache/verifier.py)
+    max_false_hit_rate: float = 0.02  # the verifier's error budget, measured on its calibration data
     ttl_seconds: int = 7 * 24 * 3600
     max_entries: int = 100_000
     max_temperature: float = 1.0
@@ -85,6 +87,7 @@ class Settings:
         _check(1 <= self.port <= 65535, "port must be between 1 and 65535")
         _check(self.upstream.startswith(("http://", "https://")), "upstream must be an http(s) URL")
         _check(self.semantic_top_k >= 1, "semantic_top_k must be at least 1")
+        _check(0.0 < self.max_false_hit_rate <= 1.0, "max_false_hit_rate must be above 0 and at most 1")
         _check(self.ttl_seconds >= 0, "ttl_seconds must be >= 0 (0 means entries never expire)")
         _check(self.max_entries >= 1, "max_entries must be at least 1")
         _check(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024")

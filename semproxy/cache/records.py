@@ -8,6 +8,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from semproxy.cache.verifier import Verdict
 from semproxy.openai import Kind
 
 Vector = NDArray[np.float32]
@@ -53,6 +54,7 @@ class CacheEntry:
     response: bytes
     created_at: float
     expires_at: float | None
+    vector: Vector | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def expired(self, now: float) -> bool:
         """Whether the entry's TTL has run out."""
@@ -66,6 +68,7 @@ class CacheHit:
     entry: CacheEntry
     tier: Tier
     similarity: float | None = None
+    verdict: Verdict | None = None  # the hit verifier's reasons for a semantic hit
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -74,6 +77,7 @@ class Lookup:
 
     hit: CacheHit | None
     vector: Vector | None = None
+    rejected: Verdict | None = None  # why the nearest semantic candidate was not served, if one was found
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

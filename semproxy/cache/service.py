@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -23,6 +24,8 @@ from semproxy.cache.index import FaissIndex
 from semproxy.cache.keys import tenant_id
 from semproxy.cache.records import CacheEntry, CacheHit, CacheKey, Lookup, NewEntry, Vector
 from semproxy.cache.store import Removed, SqliteStore
+from semproxy.cache.text import PromptFacts, analyze
+from semproxy.cache.verifier import Candidate, Verdict, Verifier
 
 log = logging.getLogger("semproxy.cache")
 
@@ -49,9 +52,13 @@ class SemanticCache:
         load_embedder: Callable[[], Embedder] | None,
         make_index: Callable[[int], FaissIndex],
         policy: CachePolicy,
+        load_verifier: Callable[[], Verifier] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.policy = policy
+        self._load_verifier = load_verifier
+        self._verifier: Verifier | None = None
+        self._facts: Callable[[str], PromptFacts] = functools.lru_cache(maxsize=8192)(analyze)
         self._open_store, self._load_embedder, self._make_index = open_store, load_embedder, make_index
         self._clock = clock
         self._store: SqliteStore | None = None
@@ -104,6 +111,8 @@ class SemanticCache:
     async def _start_semantic(self, store: SqliteStore) -> None:
         assert self._load_embedder is not None
         embedder = await anyio.to_thread.run_sync(self._load_embedder)
+        if self._load_verifier is not None:
+            self._verifier = await anyio.to_thread.run_sync(self._load_verifier)
         index = self._make_index(embedder.dimension)
         await anyio.to_thread.run_sync(self._rebuild_index, store, index)
         self._index = index
@@ -182,14 +191,14 @@ class SemanticCache:
             found = await self._embedder.embed_then(key.prompt, lambda v: self._nearest(key, v, threshold))
             if found is None:
                 return Lookup(hit=None)
-            vector, hit = found
+            vector, (hit, rejected) = found
         except Exception:
             log.exception("semantic lookup failed; forwarding uncached")
             return Lookup(hit=None)
         if hit is not None:
             self._touch(hit.entry.id)
             self._spawn(self._write(self._alias, key.exact, hit.entry.id), write=True)
-        return Lookup(hit=hit, vector=vector)
+        return Lookup(hit=hit, vector=vector, rejected=rejected)
 
     async def embed(self, key: CacheKey) -> Vector | None:
         """The prompt's vector for storing without a lookup (Cache-Control: no-cache); never raises."""
@@ -201,22 +210,39 @@ class SemanticCache:
             log.exception("embedding failed; the entry will be stored for exact lookups only")
             return None
 
-    def _nearest(self, key: CacheKey, vector: Vector, threshold: float) -> CacheHit | None:
-        """The most similar live entry of the scope at or above the threshold."""
+    def _nearest(self, key: CacheKey, vector: Vector, threshold: float) -> tuple[CacheHit | None, Verdict | None]:
+        """The nearest live entry of the scope at or above the threshold that the verifier accepts, or the
+        verifier's reason for rejecting the nearest one."""
         assert self._index is not None and self._store is not None
-        candidates = [(i, s) for i, s in self._index.search(key.scope, vector, self.policy.top_k) if s >= threshold]
-        if not candidates:
-            return None
-        entries = {entry.id: entry for entry in self._store.get_many([i for i, _ in candidates])}
-        gone = [i for i, _ in candidates if i not in entries]
+        found = [(i, s) for i, s in self._index.search(key.scope, vector, self.policy.top_k) if s >= threshold]
+        if not found:
+            return None, None
+        entries = {entry.id: entry for entry in self._store.get_many([i for i, _ in found])}
+        gone = [i for i, _ in found if i not in entries]
         if gone:  # deleted by another process (e.g. `semproxy cache clear`): heal the index
             self._index.remove(key.scope, gone)
         now = self._clock()
-        for entry_id, similarity in candidates:
-            entry = entries.get(entry_id)
-            if entry is not None and self._matches(entry, key, now):
-                return CacheHit(entry=entry, tier="semantic", similarity=min(similarity, 1.0))
-        return None
+        live = [(entries[i], min(s, 1.0)) for i, s in found if i in entries and self._matches(entries[i], key, now)]
+        if not live:
+            return None, None
+        if self._verifier is None or key.prompt is None:
+            entry, similarity = live[0]
+            return CacheHit(entry=entry, tier="semantic", similarity=similarity), None
+        return self._verified(key.prompt, vector, live)
+
+    def _verified(self, prompt: str, vector: Vector,
+                  live: list[tuple[CacheEntry, float]]) -> tuple[CacheHit | None, Verdict | None]:
+        assert self._verifier is not None
+        live = [(entry, similarity) for entry, similarity in live if entry.vector is not None]
+        candidates = [Candidate(facts=self._facts(entry.prompt or ""), vector=entry.vector, similarity=similarity)
+                      for entry, similarity in live if entry.vector is not None]
+        chosen, verdicts = self._verifier.choose(self._facts(prompt), vector, candidates)
+        for (entry, similarity), verdict in zip(live, verdicts, strict=False):
+            log.debug("semantic candidate %d (similarity %.4f) %s", entry.id, similarity, verdict.header())
+        if chosen is None:
+            return None, verdicts[0] if verdicts else None
+        entry, similarity = live[chosen]
+        return CacheHit(entry=entry, tier="semantic", similarity=similarity, verdict=verdicts[chosen]), None
 
     @staticmethod
     def _matches(entry: CacheEntry, key: CacheKey, now: float) -> bool:

@@ -43,6 +43,7 @@ CREATE INDEX IF NOT EXISTS exact_keys_entry ON exact_keys(entry_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _ENTRY_COLUMNS = "e.id, e.kind, e.tenant, e.scope, e.model, e.prompt, e.response, e.created_at, e.expires_at"
+_CANDIDATE_COLUMNS = _ENTRY_COLUMNS + ", e.vector"  # semantic candidates: the verifier compares vectors
 
 Removed = list[tuple[int, str]]  # (entry id, scope) pairs, so the caller can update the vector index
 
@@ -55,7 +56,7 @@ class EntryStore(Protocol):
         ...
 
     def get_many(self, ids: Sequence[int]) -> list[CacheEntry]:
-        """The entries with these ids that still exist."""
+        """The entries with these ids that still exist, with their vectors (for the hit verifier)."""
         ...
 
     def put(self, entry: NewEntry, *, now: float) -> tuple[int, Removed]:
@@ -110,7 +111,7 @@ class SqliteStore:
             return []
         marks = ",".join("?" * len(ids))
         rows = self._connection().execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM entries e WHERE e.id IN ({marks})", list(ids)).fetchall()
+            f"SELECT {_CANDIDATE_COLUMNS} FROM entries e WHERE e.id IN ({marks})", list(ids)).fetchall()
         return [_entry(row) for row in rows]
 
     def count(self) -> int:
@@ -210,4 +211,5 @@ def _entry(row: Any) -> CacheEntry:
     return CacheEntry(
         id=int(row[0]), kind=row[1], tenant=row[2], scope=row[3], model=row[4], prompt=row[5],
         response=bytes(row[6]), created_at=float(row[7]), expires_at=None if row[8] is None else float(row[8]),
+        vector=np.frombuffer(row[9], dtype=np.float32) if len(row) > 9 and row[9] is not None else None,
     )

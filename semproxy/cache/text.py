@@ -15,22 +15,22 @@ _NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)*(?:\.\d+)?(?!\w)|\d+(?=[a-z
 _SENTENCE_END = frozenset(".!?:;\n")
 
 STOPWORDS = frozenset("""
-a an the and or but if then else of to in on at by for with about as into onto from up down out over under
-is are was were be been being am do does did doing done have has had having i me my mine myself we us our
-ours you your yours he him his she her hers it its they them their theirs this that these those there here
-what which who whom whose why how when where can could should would will shall may might must also just so
-than too very more most some any each every all both such only own same other s t get got make made use using
-used one ones thing things way ways someone something anyone anything please tell know want need like
-best good really much many lot lots
+a an the and or but if then else of to in on at by for with about as into onto from up down out over under is
+are was were be been being am do does did doing done have has had having i me my mine myself we us our ours
+you your yours he him his she her hers it its they them their theirs this that these those there here what
+which who whom whose why how when where can could should would will shall may might must also just so than too
+very more most some any each every all both such only own same other s t get got make made use using used one
+ones thing things way ways someone something anyone anything please tell know want need like best good really
+much many lot lots
 """.split())
 
 QUESTION_WORDS = frozenset("what which who whom whose why how when where".split())
 
 NEGATIONS = frozenset("""
 not no never none nobody nothing neither nor without cannot cant dont doesnt didnt isnt arent wasnt werent
-wont wouldnt shouldnt couldnt hasnt havent hadnt mustnt neednt aint
-ne pas jamais aucun aucune sans nicht kein keine keinen keinem keiner nie niemals ohne nunca sin ningún
-ninguna nada tampoco mai senza niente nulla nao não sem niet geen nooit zonder
+wont wouldnt shouldnt couldnt hasnt havent hadnt mustnt neednt aint ne pas jamais aucun aucune sans nicht kein
+keine keinen keinem keiner nie niemals ohne nunca sin ningún ninguna nada tampoco mai senza niente nulla nao
+não sem niet geen nooit zonder
 """.split())
 
 # A request's answer depends on these when they are named: the programming language or tool, and the
@@ -46,13 +46,13 @@ NATURAL_LANGUAGES = frozenset("""
 english french german spanish italian portuguese dutch polish russian ukrainian chinese mandarin cantonese
 japanese korean arabic hindi bengali urdu turkish greek hebrew swedish norwegian danish finnish czech
 hungarian romanian bulgarian croatian serbian slovak slovenian vietnamese thai indonesian malay persian farsi
-swahili latin catalan basque irish welsh estonian latvian lithuanian icelandic
-français anglais allemand espagnol italien deutsch englisch französisch spanisch español inglés francés
-alemán
+swahili latin catalan basque irish welsh estonian latvian lithuanian icelandic français anglais allemand
+espagnol italien deutsch englisch französisch spanisch español inglés francés alemán
 """.split())
 
-_AMBIGUOUS_TOOLS = frozenset("excel spring node go rust swift dart julia ruby scheme pascal r c elixir rails "
-                             "react".split())
+_AMBIGUOUS_TOOLS = frozenset("""
+excel spring node go rust swift dart julia ruby scheme pascal r c elixir rails react
+""".split())
 _SYMBOL_LANGUAGES = re.compile(r"(?<![\w+#])(?:c\+\+|c#|f#)(?![\w+#])", re.IGNORECASE)
 
 # Words that give two entities a direction: "EUR to USD", "faster than Java", "from Paris to Rome".
@@ -80,19 +80,35 @@ NUMBER_WORDS = {
 
 # Frequent function words per language: enough to tell which language a prompt of a few words is in.
 _LANGUAGE_MARKERS: dict[str, frozenset[str]] = {
-    "en": frozenset("the is are what how why which who do does i you to of and in it for with can this that my".split()),
-    "fr": frozenset("le la les est sont que qui quoi comment pourquoi je tu vous nous un une des du de et dans "
-                    "pour avec ce cette mon ma mes sur pas est-ce quel quelle quels où".split()),
-    "de": frozenset("der die das ist sind was wie warum welche wer ich du sie wir ein eine und in zu mit für "
-                    "nicht ich mein meine auf den dem des wo kann ist es".split()),
-    "es": frozenset("el la los las es son que qué cómo por porqué quién yo tú usted un una y en para con "
-                    "mi mis este esta del al se cuál dónde puedo".split()),
-    "it": frozenset("il lo la gli le è sono che cosa come perché chi io tu un una e in per con mio mia questo "
-                    "questa del della dove posso di".split()),
-    "pt": frozenset("o a os as é são que como por quem eu você um uma e em para com meu minha este esta do da "
-                    "onde posso não".split()),
-    "nl": frozenset("de het een is zijn wat hoe waarom welke wie ik jij je u wij en in voor met mijn dit dat "
-                    "van op waar kan niet".split()),
+    "en": frozenset("""
+the is are what how why which who do does i you to of and in it for with can this that my best way learn
+should would there
+""".split()),
+    "fr": frozenset("""
+le la les est sont que qui quoi comment pourquoi je tu vous nous un une des du de et dans pour avec ce cette
+mon ma mes sur pas est-ce quel quelle quels où meilleure meilleur façon apprendre faire peut puis aussi très
+mais
+""".split()),
+    "de": frozenset("""
+der die das ist sind was wie warum welche wer ich du sie wir ein eine und in zu mit für nicht ich mein meine
+auf den dem des wo kann ist es am besten lernen machen auch sehr aber oder wenn
+""".split()),
+    "es": frozenset("""
+el la los las es son que qué cómo por porqué quién yo tú usted un una y en para con mi mis este esta del al se
+cuál dónde puedo mejor manera aprender hacer también muy pero cuando está hay
+""".split()),
+    "it": frozenset("""
+il lo la gli le è sono che cosa come perché chi io tu un una e in per con mio mia questo questa del della dove
+posso di migliore modo imparare fare anche molto ma quando
+""".split()),
+    "pt": frozenset("""
+o a os as é são que como por quem eu você um uma e em para com meu minha este esta do da onde posso não melhor
+maneira aprender fazer também muito mas quando
+""".split()),
+    "nl": frozenset("""
+de het een is zijn wat hoe waarom welke wie ik jij je u wij en in voor met mijn dit dat van op waar kan niet
+beste manier leren maken ook heel maar wanneer
+""".split()),
 }
 
 # Only the words that belong to one language's list count ("a", "de", "in" are in several).
@@ -190,7 +206,8 @@ def _named_languages(text: str, words: tuple[str, ...]) -> frozenset[str]:
         or (i + 1 < len(words) and words[i + 1] in _LANGUAGE_CONTEXT_AFTER))}
     named.update(w for w in words if w in PROGRAMMING_LANGUAGES and w not in _AMBIGUOUS_TOOLS)
     # Names that are also ordinary words ("excel at math", "go home") count when written as names.
-    named.update(w.lower() for w in _WORD.findall(text) if w.lower() in _AMBIGUOUS_TOOLS and w[:1].isupper())
+    named.update(w.lower() for w in _WORD.findall(text)
+                 if len(w) > 1 and w.lower() in _AMBIGUOUS_TOOLS and w[:1].isupper())
     named.update(m.lower() for m in _SYMBOL_LANGUAGES.findall(text))
     for short in ("C", "R", "Go"):
         if re.search(rf"\b(?:in|with|using|for|to|from|learn|learning)\s+{short}\b(?![+#])|\b{short}\s+"

@@ -6,7 +6,7 @@ need different answers. So a semantic candidate passes two checks before it is s
 1. **Rules** that reject outright, each with a reason a person can read: different numbers, a negation on
    one side only, the same names in the opposite direction ("EUR to USD" / "USD to EUR"), another name
    in the same place, another programming or natural language named, a prompt written in another language.
-2. **A small learned model** (a one-hidden-layer network over the two embeddings and 18 pair features)
+2. **A small learned model** (gradient-boosted trees over the two embeddings and 18 pair features)
    that scores the pair; the candidate passes when the score reaches the operating point chosen for the
    configured error budget (`max_false_hit_rate`) on calibration data.
 
@@ -53,11 +53,20 @@ class Verdict:
         return f"{'accept' if self.accepted else 'reject'}; score={self.score:.3f}; {self.reason}"
 
 
-class Verifier(Protocol):
-    """Decides whether a semantic candidate may be served."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Candidate:
+    """A stored prompt the index found near the asked one."""
 
-    def verify(self, asked: PromptFacts, asked_vector: FloatArray, stored: PromptFacts,
-               stored_vector: FloatArray, similarity: float) -> Verdict: ...
+    facts: PromptFacts
+    vector: FloatArray
+    similarity: float
+
+
+class Verifier(Protocol):
+    """Decides which semantic candidate, if any, may be served."""
+
+    def choose(self, asked: PromptFacts, asked_vector: FloatArray,
+               candidates: Sequence[Candidate]) -> tuple[int | None, list[Verdict]]: ...
 
 
 # --------------------------------------------------------------------------------------------- rules
@@ -172,7 +181,7 @@ def hand_features(asked: PromptFacts, stored: PromptFacts, similarity: float, ra
     a, b = set(asked.content), set(stored.content)
     shared, union = a & b, a | b
     only_a, only_b = a - b, b - a
-    bigrams_a, bigrams_b = set(zip(asked.words, asked.words[1:])), set(zip(stored.words, stored.words[1:]))
+    bigrams_a, bigrams_b = _bigrams(asked.words), _bigrams(stored.words)
     rare_only = sorted([max((rarity(w) for w in only_a), default=0.0), max((rarity(w) for w in only_b), default=0.0)])
     names_only = sorted([len(_names_missing(asked, stored)), len(_names_missing(stored, asked))])
     union_weight = sum(rarity(w) for w in union)
@@ -198,6 +207,10 @@ def hand_features(asked: PromptFacts, stored: PromptFacts, similarity: float, ra
         min(_reversed_pairs(asked.content, stored.content), 5) / 5.0,
         float(bool(asked.language and stored.language and asked.language != stored.language)),
     ]
+
+
+def _bigrams(words: Sequence[str]) -> set[tuple[str, str]]:
+    return set(zip(words, words[1:], strict=False))
 
 
 def _ratio(part: float, whole: float) -> float:
@@ -243,22 +256,32 @@ def _unit(vector: FloatArray) -> FloatArray:
 
 @dataclasses.dataclass(frozen=True)
 class PairModel:
-    """A one-hidden-layer network over `pair_vector`, with the calibration curve of its scores."""
+    """Gradient-boosted trees over `pair_vector`, walked in numpy, with the calibration curve of their scores.
 
-    mean: FloatArray
-    scale: FloatArray
-    hidden_weights: FloatArray
-    hidden_bias: FloatArray
-    output_weights: FloatArray
-    output_bias: float
+    Every tree is stored as flat node arrays padded to the same length; a leaf points to itself, so all
+    trees are walked together, one level per step.
+    """
+
+    feature: NDArray[np.int32]  # (trees, nodes): the input each node splits on
+    threshold: NDArray[np.float64]  # go left when input <= threshold
+    left: NDArray[np.int32]
+    right: NDArray[np.int32]
+    value: NDArray[np.float64]  # a leaf's contribution to the logit
+    baseline: float
+    depth: int
     curve_scores: NDArray[np.float64]  # ascending score thresholds ...
     curve_false_hit_rates: NDArray[np.float64]  # ... and the share of calibration negatives served at each
 
     def score(self, features: FloatArray) -> NDArray[np.float64]:
         """Probability-like scores for a batch (or one row) of pair vectors."""
-        x = (np.atleast_2d(features) - self.mean) / self.scale
-        hidden = np.maximum(x @ self.hidden_weights + self.hidden_bias, 0.0)
-        logits = (hidden @ self.output_weights + self.output_bias).astype(np.float64)
+        x = np.atleast_2d(features).astype(np.float64)
+        trees = np.arange(self.feature.shape[0])
+        node = np.zeros((x.shape[0], len(trees)), dtype=np.int32)
+        rows = np.arange(x.shape[0])[:, None]
+        for _ in range(self.depth):
+            goes_left = x[rows, self.feature[trees, node]] <= self.threshold[trees, node]
+            node = np.where(goes_left, self.left[trees, node], self.right[trees, node])
+        logits = self.baseline + self.value[trees, node].sum(axis=1)
         return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float64)
 
     def threshold_for(self, max_false_hit_rate: float) -> float:
@@ -266,15 +289,19 @@ class PairModel:
         within = np.nonzero(self.curve_false_hit_rates <= max_false_hit_rate)[0]
         return float(self.curve_scores[within[0]]) if len(within) else 1.0
 
+    def with_curve(self, scores: NDArray[np.float64], false_hit_rates: NDArray[np.float64]) -> PairModel:
+        return dataclasses.replace(self, curve_scores=scores, curve_false_hit_rates=false_hit_rates)
+
     def save(self, path: Any) -> None:
-        """Write the weights (used by the calibration script)."""
-        np.savez_compressed(path, **{f.name: np.asarray(getattr(self, f.name)) for f in dataclasses.fields(self)})
+        """Write the model (used by the calibration script)."""
+        arrays: dict[str, Any] = {f.name: np.asarray(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        np.savez_compressed(path, **arrays)
 
     @classmethod
     def load(cls, source: Any) -> PairModel:
         with np.load(source) as data:
-            values = {f.name: data[f.name] for f in dataclasses.fields(cls)}
-        values["output_bias"] = float(values["output_bias"])
+            values: dict[str, Any] = {f.name: data[f.name] for f in dataclasses.fields(cls)}
+        values["baseline"], values["depth"] = float(values["baseline"]), int(values["depth"])
         return cls(**values)
 
     @classmethod
@@ -282,15 +309,6 @@ class PairModel:
         """The model fitted by bench/calibrate_verifier.py."""
         with resources.files("semproxy.cache").joinpath("data", MODEL_FILE).open("rb") as f:
             return cls.load(f)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Candidate:
-    """A stored prompt the index found near the asked one."""
-
-    facts: PromptFacts
-    vector: FloatArray
-    similarity: float
 
 
 class HitVerifier:
@@ -307,6 +325,8 @@ class HitVerifier:
 
     def verify(self, asked: PromptFacts, asked_vector: FloatArray, stored: PromptFacts,
                stored_vector: FloatArray, similarity: float) -> Verdict:
+        if asked.words == stored.words:  # the same words: only case, spacing or punctuation differ
+            return Verdict(accepted=True, score=1.0, reason="same words")
         reason = rule_rejection(asked, stored)
         if reason is not None:
             return Verdict(accepted=False, score=0.0, reason=reason)

@@ -165,8 +165,12 @@ class CacheResponder:
             await self.cache.put(key, response, vector=lookup.vector, ttl_seconds=request_controls.ttl_seconds)
 
         self.info["cache"] = outcome
+        headers = []
+        if lookup.rejected is not None:  # a near prompt was found but its answer does not fit: say why
+            self.info["verdict"] = lookup.rejected.header()
+            headers.append((b"x-semproxy-verdict", _header_value(lookup.rejected.header())))
         capture = ResponseCapture(send, kind=self.kind, stream=is_stream(body), outcome=outcome,
-                                  store=store if request_controls.store else None)
+                                  store=store if request_controls.store else None, headers=headers)
         await self.middleware.app(scope, receive, capture)
 
     async def _send_hit(self, send: Send, body: JSON, hit: CacheHit) -> None:
@@ -174,12 +178,20 @@ class CacheResponder:
         headers = [(b"x-semproxy-cache", hit.tier.encode())]
         if hit.similarity is not None:
             headers.append((b"x-semproxy-similarity", f"{hit.similarity:.4f}".encode()))
+        if hit.verdict is not None:
+            self.info["verdict"] = hit.verdict.header()
+            headers.append((b"x-semproxy-verdict", _header_value(hit.verdict.header())))
         if is_stream(body) and self.kind != "embedding":
             completion: dict[str, Any] = json.loads(hit.entry.response)
             events = b"".join(replay_stream(self.kind, completion, include_usage=wants_usage_chunk(body)))
             await send_response(send, 200, events, SSE_HEADERS + headers)
         else:
             await send_response(send, 200, hit.entry.response, JSON_HEADERS + headers)
+
+
+def _header_value(text: str) -> bytes:
+    """Text safe for an HTTP header: ASCII, one line (names in a reason may be in any language)."""
+    return " ".join(text.split()).encode("ascii", "backslashreplace")
 
 
 def _identity_encoding(scope: Scope) -> Scope:

@@ -22,8 +22,10 @@ Store = Callable[[bytes], Awaitable[object]]
 class ResponseCapture:
     """A `send` wrapper: adds the cache header, relays every message, stores a complete 2xx answer."""
 
-    def __init__(self, send: Send, *, kind: Kind, stream: bool, outcome: str, store: Store | None) -> None:
+    def __init__(self, send: Send, *, kind: Kind, stream: bool, outcome: str, store: Store | None,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
         self._send = send
+        self._headers = headers or []
         self._kind = kind
         self._stream = stream
         self._outcome = outcome
@@ -46,6 +48,7 @@ class ResponseCapture:
         headers = list(message.get("headers", []))
         self._capturing = self._store is not None and self._storable(message["status"], headers)
         headers.append((b"x-semproxy-cache", self._outcome.encode()))
+        headers.extend(self._headers)
         await self._send({**message, "headers": headers})
 
     def _storable(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:

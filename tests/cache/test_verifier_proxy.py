@@ -1,0 +1,73 @@
+"""The hit verifier in the proxy, with the real embedding model: rewordings hit, swapped meanings do not."""
+
+import pytest
+
+from semproxy.cache.embedder import SentenceTransformerEmbedder
+from semproxy.config import Settings
+from tests.fakes import FakeOpenAI
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def minilm() -> SentenceTransformerEmbedder:
+    return SentenceTransformerEmbedder(Settings().embedding_model)
+
+
+@pytest.fixture
+def verified(settings: Settings) -> Settings:
+    # A low candidate floor, so every swap below reaches the verifier whatever its cosine (0.61-0.99).
+    return Settings(**{**settings.__dict__, "verify_hits": True, "similarity_threshold": 0.6})
+
+
+SWAPS = [
+    ("How many miles is 5 km?", "How many miles is 8 km?", "numbers"),
+    ("Is it safe to eat raw eggs?", "Is it not safe to eat raw eggs?", "negation"),
+    ("Convert 100 EUR to USD", "Convert 100 USD to EUR", "direction"),
+    ("What is the capital of Australia?", "What is the capital of Austria?", "name"),
+    ("Write a function to reverse a string in Python", "Write a function to reverse a string in JavaScript",
+     "names"),
+]
+
+
+@pytest.mark.parametrize(("stored", "asked", "reason"), SWAPS)
+async def test_a_swapped_meaning_is_forwarded_with_the_reason(make_proxy, upstream: FakeOpenAI, minilm,  # type: ignore[no-untyped-def]
+                                                              verified: Settings, stored: str, asked: str,
+                                                              reason: str) -> None:
+    proxy = await make_proxy(settings=verified, embedder=minilm)
+    assert (await proxy.chat(stored)).headers["x-semproxy-cache"] == "miss"
+    response = await proxy.chat(asked)
+    assert response.headers["x-semproxy-cache"] == "miss"
+    assert response.headers["x-semproxy-verdict"].startswith("reject; score=0.000; " + reason)
+    assert len(upstream.completions()) == 2
+    assert response.json()["choices"][0]["message"]["content"] != ""
+
+
+async def test_the_same_swap_is_served_when_verification_is_off(make_proxy, upstream: FakeOpenAI, minilm,  # type: ignore[no-untyped-def]
+                                                                verified: Settings) -> None:
+    proxy = await make_proxy(settings=Settings(**{**verified.__dict__, "verify_hits": False}), embedder=minilm)
+    await proxy.chat("What is the capital of Australia?")
+    response = await proxy.chat("What is the capital of Austria?")
+    assert response.headers["x-semproxy-cache"] == "semantic"  # the wrong answer plain cosine would serve
+    assert "x-semproxy-verdict" not in response.headers
+
+
+async def test_a_rewording_hits_with_an_accepting_verdict(make_proxy, upstream: FakeOpenAI, minilm,  # type: ignore[no-untyped-def]
+                                                          verified: Settings) -> None:
+    proxy = await make_proxy(settings=verified, embedder=minilm)
+    first = await proxy.chat("How do I make my phone battery last longer?")
+    second = await proxy.chat("How can I make my phone's battery last longer?")
+    assert second.headers["x-semproxy-cache"] == "semantic"
+    assert second.headers["x-semproxy-verdict"].startswith("accept; score=")
+    assert second.json()["choices"] == first.json()["choices"]
+    assert len(upstream.completions()) == 1
+
+
+async def test_a_stricter_budget_serves_fewer_rewordings(make_proxy, upstream: FakeOpenAI, minilm,  # type: ignore[no-untyped-def]
+                                                        verified: Settings) -> None:
+    proxy = await make_proxy(settings=Settings(**{**verified.__dict__, "max_false_hit_rate": 0.0001}),
+                             embedder=minilm)
+    await proxy.chat("How do I make my phone battery last longer?")
+    response = await proxy.chat("How can I make my phone's battery last longer?")
+    assert response.headers["x-semproxy-cache"] == "miss"
+    assert "score <" in response.headers["x-semproxy-verdict"]
