@@ -65,7 +65,8 @@ def _serve(settings: Settings, _: argparse.Namespace) -> int:
     from semproxy.app import build_app
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print(f"semproxy: forwarding to {settings.upstream}; data in {settings.data_dir}", file=sys.stderr)
+    targets = ", ".join(f"{u.name} ({u.url})" for u in settings.upstreams) or settings.upstream
+    print(f"semproxy: forwarding to {targets}; data in {settings.data_dir}", file=sys.stderr)
     uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
                 access_log=False, lifespan="on", timeout_graceful_shutdown=30)
     return 0
