@@ -84,9 +84,10 @@ class UpstreamProxy:
                                     headers=self.headers(scope["headers"], upstream, keep_length=False))
             response = await self.transport.handle_async_request(request)
             try:
-                await response.aread()
-                response.raise_for_status()
-                data = json.loads(response.content)["data"]
+                content = await response.aread()
+                if response.status_code != 200:
+                    raise ValueError(f"status {response.status_code}")
+                data = json.loads(content)["data"]
                 return [entry for entry in data if isinstance(entry, dict) and isinstance(entry.get("id"), str)]
             finally:
                 await response.aclose()
