@@ -123,11 +123,16 @@ class Failover:
             else:
                 upstream.breaker.failed()
             self._record(upstream, f"status_{status}", seconds)
-            body = b"".join([chunk async for chunk in response.aiter_raw()])
+            try:
+                body = b"".join([chunk async for chunk in response.aiter_raw()])
+            except httpx.TransportError as exc:  # not even the error arrived whole: nothing to pass on
+                self.error = map_httpx_error(exc)
+                return False
             self.failed_answer = FailedAnswer(upstream.name, status, response_headers(response, []), body)
             return False
         upstream.breaker.succeeded()
-        self.router.observe(upstream, seconds)
+        if status < 300:  # a quick refusal (400, 404) says little about how fast answers come
+            self.router.observe(upstream, seconds)
         self._record(upstream, "ok", seconds)
         self.info["upstream"] = upstream.name
         streaming = relay(response, send, self._headers(upstream.name))

@@ -8,7 +8,6 @@ upstream gets the request, and what happens when it fails, is `Router`'s and `Fa
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,8 +18,6 @@ from semproxy.upstream.failover import Failover
 from semproxy.upstream.models import union_of_models
 from semproxy.upstream.relay import HOP_BY_HOP, until_disconnect
 from semproxy.upstream.routing import Router, Upstream
-
-log = logging.getLogger("semproxy.upstream")
 
 _CLIENT_KEYS = frozenset({b"authorization", b"api-key", b"x-api-key"})
 # Bodies up to this size are read before forwarding, so they can be routed by model, retried on another

@@ -191,6 +191,26 @@ async def test_failover_on_503_and_the_last_upstream_answer_is_passed_on(routed,
     assert again.headers["x-semproxy-cache"] == "miss"  # an error is never stored
 
 
+async def test_a_streaming_request_fails_over_before_its_first_byte(routed, fleet) -> None:  # type: ignore[no-untyped-def]
+    (a, a_url), (b, b_url) = fleet(), fleet()
+    a.status = 502
+    proxy = await routed(UpstreamConfig(name="a", url=a_url), UpstreamConfig(name="b", url=b_url))
+    response = await proxy.chat("hello", stream=True)
+    assert response.headers["x-semproxy-attempts"] == "a:status_502,b:ok"
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.text.rstrip().endswith("data: [DONE]") and len(b.completions()) == 1
+
+
+async def test_a_client_error_passes_through_without_failover(routed, fleet) -> None:  # type: ignore[no-untyped-def]
+    (a, a_url), (b, b_url) = fleet(), fleet()
+    a.status = 400
+    proxy = await routed(UpstreamConfig(name="a", url=a_url), UpstreamConfig(name="b", url=b_url))
+    response = await proxy.chat("hello")
+    assert response.status_code == 400 and response.headers["x-semproxy-attempts"] == "a:ok"
+    assert response.json()["error"]["message"] == "fake upstream error 400"
+    assert b.calls == []  # another upstream would refuse the same request
+
+
 async def test_failover_on_timeout(routed, fleet) -> None:  # type: ignore[no-untyped-def]
     (stuck, stuck_url), (_, ok_url) = fleet(), fleet()
     stuck.delay = 0.8
