@@ -52,7 +52,7 @@ class Failover:
         self.router = proxy.router
         self.scope = scope
         self.body = body
-        self.replayable = not isinstance(body, AsyncIterator)
+        self.replayable = body is None or isinstance(body, bytes)
         self.info = request_info(scope)
         self.attempts: list[dict[str, Any]] = []
         self.info["attempts"] = self.attempts
@@ -156,7 +156,9 @@ class Failover:
             target = upstream.config.upstream_model(self.model)
             if target != self.model:  # an alias: the only case where semproxy re-serializes the body
                 content = json.dumps({**self.parsed, "model": target}, ensure_ascii=False).encode()
-        headers = self.proxy.headers(self.scope["headers"], upstream, keep_length=not self.replayable)
+        # The client's content-length holds for its own bytes (and spares httpx a header insert); a new body
+        # gets its length from httpx.
+        headers = self.proxy.headers(self.scope["headers"], upstream, keep_length=content is self.body)
         return httpx.Request(self.scope["method"], self.proxy.url(upstream, self.scope), headers=headers,
                              content=content, extensions={"timeout": upstream.timeout})
 

@@ -20,6 +20,9 @@ from semproxy.upstream.relay import HOP_BY_HOP, until_disconnect
 from semproxy.upstream.routing import Router, Upstream
 
 _CLIENT_KEYS = frozenset({b"authorization", b"api-key", b"x-api-key"})
+# Request headers never forwarded, by (keep the client's content-length?, does the upstream have its own key?)
+_DROPPED = {(keep, own_key): HOP_BY_HOP | (set() if keep else {b"content-length"})
+            | (_CLIENT_KEYS if own_key else set()) for keep in (True, False) for own_key in (True, False)}
 # Bodies up to this size are read before forwarding, so they can be routed by model, retried on another
 # upstream, and one task can watch for a disconnect throughout. Larger ones stream through to one upstream.
 BUFFERED_BODY_LIMIT = 8 * 1024 * 1024
@@ -65,9 +68,7 @@ class UpstreamProxy:
 
     def headers(self, raw: RawHeaders, upstream: Upstream, *, keep_length: bool) -> RawHeaders:
         """The client's headers as `upstream` gets them: its own key and extra headers replace the client's."""
-        dropped = HOP_BY_HOP if keep_length else HOP_BY_HOP | {b"content-length"}
-        if upstream.api_key:
-            dropped = dropped | _CLIENT_KEYS
+        dropped = _DROPPED[keep_length, bool(upstream.api_key)]
         replaced = {k for k, _ in upstream.headers}
         headers = [(k, v) for k, v in raw if (name := k.lower()) not in dropped and name not in replaced
                    and not name.startswith(b"x-semproxy-")]
