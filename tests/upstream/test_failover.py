@@ -263,6 +263,19 @@ async def test_an_upload_too_large_to_buffer_is_not_retried(routed, fleet) -> No
     assert small.status_code == 418 and small.headers["x-semproxy-attempts"] == "down:connect_error,up:ok"
     assert backup.calls[0].body == b"x" * 500
 
+    async def chunks(size: int) -> AsyncIterator[bytes]:  # no content-length: chunked transfer encoding
+        for part in (b"a", b"b", b"c"):
+            yield part * size
+
+    chunked = await proxy.client.post("/v1/files", content=chunks(1000))  # found too large while reading
+    assert chunked.status_code == 502 and chunked.headers["x-semproxy-attempts"] == "down:connect_error"
+    small_chunked = await proxy.client.post("/v1/files", content=chunks(100))
+    assert small_chunked.headers["x-semproxy-attempts"] == "down:connect_error,up:ok"
+    assert backup.calls[-1].body == b"a" * 100 + b"b" * 100 + b"c" * 100
+    direct = await routed(UpstreamConfig(name="up", url=backup_url), max_body_bytes=2048)
+    streamed = await direct.client.post("/v1/files", content=chunks(1000))
+    assert streamed.status_code == 418 and backup.calls[-1].body == b"a" * 1000 + b"b" * 1000 + b"c" * 1000
+
 
 # ---------------------------------------------------------------- circuit breaker
 
