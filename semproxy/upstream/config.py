@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,25 +44,37 @@ class UpstreamConfig:
         """True if no model list restricts this upstream."""
         return not self.models
 
-    @property
+    @functools.cached_property
     def patterns(self) -> tuple[str, ...]:
         """The entries of `models` that are glob patterns."""
         return tuple(m for m in self.models if _GLOB_CHARS & set(m))
 
-    @property
+    @functools.cached_property
     def exact_models(self) -> tuple[str, ...]:
         """The entries of `models` that are plain names."""
         return tuple(m for m in self.models if not _GLOB_CHARS & set(m))
 
+    @functools.cached_property
+    def _names(self) -> frozenset[str]:
+        return frozenset(self.exact_models) | {alias for alias, _ in self.aliases}
+
+    @functools.cached_property
+    def _pattern(self) -> re.Pattern[str] | None:
+        return re.compile("|".join(fnmatch.translate(p) for p in self.patterns)) if self.patterns else None
+
+    @functools.cached_property
+    def _targets(self) -> dict[str, str]:
+        return dict(self.aliases)
+
     def serves(self, model: str) -> bool:
         """Whether a request for `model` (the client's name) may go here."""
-        if self.serves_everything or model in self.models or any(alias == model for alias, _ in self.aliases):
+        if self.serves_everything or model in self._names:
             return True
-        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.patterns)
+        return self._pattern is not None and self._pattern.match(model) is not None
 
     def upstream_model(self, model: str) -> str:
         """The name this upstream knows `model` by (the alias target, or the name itself)."""
-        return next((target for alias, target in self.aliases if alias == model), model)
+        return self._targets.get(model, model)
 
 
 def parse_upstreams(raw: Any, *, environ: Mapping[str, str]) -> tuple[UpstreamConfig, ...]:

@@ -16,6 +16,8 @@ from semproxy.errors import ModelNotFound
 from semproxy.upstream.breaker import CircuitBreaker
 from semproxy.upstream.config import UpstreamConfig
 
+MEMO_SIZE = 4096  # model names whose candidate upstreams are remembered
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RoutingPolicy:
@@ -67,6 +69,7 @@ class Router:
         self._catch_all = [u for u in self.upstreams if u.config.serves_everything] or self.upstreams[:1]
         # With only catch-all upstreams and no aliases the model changes nothing: the body need not be parsed.
         self.needs_model = any(not u.config.serves_everything or u.config.aliases for u in self.upstreams)
+        self._by_model: dict[str, list[Upstream]] = {}
 
     @property
     def passthrough(self) -> bool:
@@ -80,17 +83,22 @@ class Router:
         A request without a model (files, batches, uploads, a body that is not JSON) may go to any upstream
         that serves every model, or else to the first one configured.
         """
-        if model is None or not self.needs_model:
-            found = self._catch_all
-        else:
-            found = [u for u in self.upstreams if u.config.serves(model)]
-            if not found:
-                raise ModelNotFound(f"The model {model!r} does not exist or no upstream serves it.",
-                                    code="model_not_found", param="model")
+        found = self._catch_all if model is None or not self.needs_model else self._serving(model)
+        if not found:
+            raise ModelNotFound(f"The model {model!r} does not exist or no upstream serves it.",
+                                code="model_not_found", param="model")
         if len(found) == 1:
             return found
         now = self.clock()
         return sorted(found, key=lambda u: self._rank(u, now))
+
+    def _serving(self, model: str) -> list[Upstream]:
+        found = self._by_model.get(model)
+        if found is None:
+            if len(self._by_model) >= MEMO_SIZE:  # clients may send any name: keep the memo bounded
+                self._by_model.clear()
+            found = self._by_model[model] = [u for u in self.upstreams if u.config.serves(model)]
+        return found
 
     def _rank(self, upstream: Upstream, now: float) -> tuple[int, int, float]:
         stale = upstream.latency is None or now - upstream.last_chosen > self.policy.latency_probe_interval
