@@ -136,17 +136,8 @@ class Failover:
         self._record(upstream, "ok", seconds)
         self.info["upstream"] = upstream.name
         streaming = relay(response, send, self._headers(upstream.name))
-        if receive is None:
-            complete = await streaming
-        else:
-            complete = False
-
-            async def relay_and_note() -> None:
-                nonlocal complete
-                complete = await streaming
-
-            await until_disconnect(receive, relay_and_note())
-        if not complete:
+        broken = not await (streaming if receive is None else until_disconnect(receive, streaming, default=True))
+        if broken:  # the upstream broke off mid-stream (a client that left is not the upstream's failure)
             upstream.breaker.failed()
         return True
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
+from typing import TypeVar
 
 import httpx
 
@@ -12,6 +13,7 @@ from semproxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from semproxy.middleware.asgi import RawHeaders, Receive, Send
 
 log = logging.getLogger("semproxy.upstream")
+T = TypeVar("T")
 
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer",
@@ -49,8 +51,9 @@ async def relay(response: httpx.Response, send: Send, extra: RawHeaders) -> bool
     return True
 
 
-async def until_disconnect(receive: Receive, work: Awaitable[None]) -> None:
-    """Run `work`; if the client disconnects first, cancel it (which closes the upstream request).
+async def until_disconnect(receive: Receive, work: Awaitable[T], *, default: T | None = None) -> T | None:
+    """Run `work` and return its result; if the client disconnects first, cancel it (which closes the
+    upstream request) and return `default`.
 
     Plain asyncio rather than a task group: this wraps every forwarded request, and a task group costs
     several times more than one watcher task.
@@ -68,10 +71,11 @@ async def until_disconnect(receive: Receive, work: Awaitable[None]) -> None:
 
     watcher = asyncio.ensure_future(watch())
     try:
-        await work
+        return await work
     except asyncio.CancelledError:
         if not hung_up:
             raise
         current.uncancel()  # our own cancellation: the client is gone, nothing is left to do
+        return default
     finally:
         watcher.cancel()
