@@ -65,7 +65,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from semproxy.app import build_app
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    targets = ", ".join(f"{u.name} ({u.url})" for u in settings.upstreams) or settings.upstream
+    targets = ", ".join(f"{u.name} ({u.url}{', ' + u.region if u.region else ''})"
+                        for u in settings.upstreams) or settings.upstream
     if settings.upstreams and args.upstream:
         print("semproxy: --upstream is ignored: [[upstreams]] tables are configured", file=sys.stderr)
     print(f"semproxy: forwarding to {targets}; data in {settings.data_dir}", file=sys.stderr)
