@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("semproxy.upstream")
 
+_OBJECT_START = re.compile(rb"[ \t\r\n]*\{")  # without copying the body, as lstrip() would
 UPSTREAM_HEADER = b"x-semproxy-upstream"
 ATTEMPTS_HEADER = b"x-semproxy-attempts"
 
@@ -183,7 +185,7 @@ class Failover:
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
     """The body as a JSON object, or None (a body that is not JSON has no model to route by)."""
-    if body.lstrip()[:1] != b"{":
+    if _OBJECT_START.match(body) is None:
         return None
     try:
         parsed = json.loads(body)
