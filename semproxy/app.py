@@ -1,7 +1,7 @@
 """The composition root: the only place that picks concrete classes and wires them together.
 
     StatsMiddleware( SemanticCacheMiddleware( CompressionMiddleware( UpstreamTimer(
-        route: /v1/* -> UpstreamProxy(httpx transport), else Starlette(/healthz) ) ) ) )
+        route: /v1/* -> UpstreamProxy(Router, httpx transport), else Starlette(/healthz) ) ) ) )
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ from semproxy.middleware.stats import AdminAccess, StatsMiddleware, UpstreamTime
 from semproxy.stats.log import RequestLog, TokenCounter
 from semproxy.stats.metrics import Metrics
 from semproxy.stats.prices import PriceTable
+from semproxy.upstream.config import UpstreamConfig
 from semproxy.upstream.proxy import UpstreamProxy
+from semproxy.upstream.routing import Router, RoutingPolicy
 
 log = logging.getLogger("semproxy")
 
@@ -174,18 +176,41 @@ def build_transport() -> httpx.AsyncBaseTransport:
     return httpx.AsyncHTTPTransport(limits=limits)
 
 
+def upstream_configs(settings: Settings) -> tuple[UpstreamConfig, ...]:
+    """The configured upstreams, or the single `upstream` (every model; the client's key passes through)."""
+    if settings.upstreams:
+        return settings.upstreams
+    # Named after its host, so headers and statistics say where requests went (e.g. "api.mistral.ai").
+    name = httpx.URL(settings.upstream).host or "default"
+    return (UpstreamConfig(name=name, url=settings.upstream, api_key=settings.upstream_api_key),)
+
+
+def build_upstream(settings: Settings, transport: httpx.AsyncBaseTransport, *,
+                   clock: Callable[[], float] = time.monotonic) -> UpstreamProxy:
+    """The forwarding app: routing by model, failover, circuit breakers (`clock` drives their cooldown)."""
+    policy = RoutingPolicy(
+        max_attempts=settings.failover_max_attempts, deadline=settings.failover_deadline,
+        breaker_failures=settings.breaker_failures, breaker_cooldown=settings.breaker_cooldown,
+        latency_alpha=settings.latency_alpha, latency_probe_interval=settings.latency_probe_interval,
+    )
+    router = Router(upstream_configs(settings), policy=policy, clock=clock,
+                    connect_timeout=settings.upstream_connect_timeout, read_timeout=settings.upstream_read_timeout)
+    return UpstreamProxy(transport, router, body_limit=settings.max_body_bytes)
+
+
 def build_app(
     settings: Settings,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     cache: SemanticCache | None = None,
     compression: CompressionService | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> ASGIApp:
-    """The stand-alone proxy. `transport` replaces the network (tests pass an httpx.MockTransport)."""
+    """The stand-alone proxy. `transport` replaces the network (tests pass an httpx.MockTransport);
+    `clock` drives the circuit breakers' cooldowns and latency freshness."""
     cache = cache or build_cache(settings)
     transport = transport or build_transport()
-    timeout = httpx.Timeout(settings.upstream_read_timeout, connect=settings.upstream_connect_timeout)
-    proxy = UpstreamProxy(transport, base_url=settings.upstream, timeout=timeout, api_key=settings.upstream_api_key)
+    proxy = build_upstream(settings, transport, clock=clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

@@ -69,13 +69,17 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name, None) for name in names}
 
 
-def _serve(settings: Settings, _: argparse.Namespace) -> int:
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from semproxy.app import build_app
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print(f"semproxy: forwarding to {settings.upstream}; data in {settings.data_dir}", file=sys.stderr)
+    targets = ", ".join(f"{u.name} ({u.url}{', ' + u.region if u.region else ''})"
+                        for u in settings.upstreams) or settings.upstream
+    if settings.upstreams and args.upstream:
+        print("semproxy: --upstream is ignored: [[upstreams]] tables are configured", file=sys.stderr)
+    print(f"semproxy: forwarding to {targets}; data in {settings.data_dir}", file=sys.stderr)
     uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
                 access_log=False, lifespan="on", timeout_graceful_shutdown=30)
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from semproxy.errors import ConfigError
+from semproxy.upstream.config import UpstreamConfig, parse_upstreams
 
 DEFAULT_UPSTREAM = "https://api.openai.com/v1"
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
@@ -79,6 +80,14 @@ class Settings:
     prices: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # model -> [input, output] USD/1M
     admin_token: str | None = None
     admin_remote: bool = False  # let non-loopback clients reach the admin endpoints (needs admin_token)
+    # Routing and failover across several upstreams ([[upstreams]] tables; TOML only)
+    upstreams: tuple[UpstreamConfig, ...] = ()
+    failover_max_attempts: int = 3
+    failover_deadline: float = 30.0
+    breaker_failures: int = 5
+    breaker_cooldown: float = 30.0
+    latency_alpha: float = 0.3
+    latency_probe_interval: float = 60.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
@@ -106,6 +115,18 @@ class Settings:
         _check(isinstance(self.prices, dict) and all(isinstance(v, list | tuple) and len(v) == 2
                    and all(isinstance(x, int | float) and x >= 0 for x in v) for v in self.prices.values()),
                "prices must map a model to [input, output] prices per million tokens, both >= 0")
+        self._check_routing()
+
+    def _check_routing(self) -> None:
+        object.__setattr__(self, "upstreams", tuple(self.upstreams))
+        names = [u.name for u in self.upstreams]
+        _check(len(set(names)) == len(names), "upstream names must be unique")
+        _check(self.failover_max_attempts >= 1, "failover_max_attempts must be at least 1")
+        _check(self.failover_deadline > 0, "failover_deadline must be > 0")
+        _check(self.breaker_failures >= 1, "breaker_failures must be at least 1")
+        _check(self.breaker_cooldown > 0, "breaker_cooldown must be > 0")
+        _check(0.0 < self.latency_alpha <= 1.0, "latency_alpha must be above 0 and at most 1")
+        _check(self.latency_probe_interval > 0, "latency_probe_interval must be > 0")
 
     @property
     def db_path(self) -> Path:
@@ -136,6 +157,8 @@ def load_settings(
     values: dict[str, Any] = {}
     if config_file is not None:
         values.update(_from_toml(config_file))
+        if "upstreams" in values:
+            values["upstreams"] = parse_upstreams(values["upstreams"], environ=environ)
     values.update(_from_env(environ))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
@@ -159,13 +182,15 @@ def _from_toml(path: Path) -> dict[str, Any]:
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise ConfigError(f"unknown setting(s) in {path}: {', '.join(unknown)}")
-    return {name: _coerce(fields[name], value) for name, value in raw.items()}
+    return {name: value if name == "upstreams" else _coerce(fields[name], value) for name, value in raw.items()}
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, field in _fields().items():
         raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None and name == "upstreams":
+            raise ConfigError("upstreams can only be set in a TOML file ([[upstreams]] tables)")
         if raw is not None:
             values[name] = _coerce(field, raw)
     return values

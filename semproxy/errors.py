@@ -3,10 +3,12 @@
     SemproxyError
     ├── ConfigError              bad settings; raised at start-up, never during a request
     ├── RequestError             the client's request is wrong: 4xx, nothing forwarded, nothing stored
-    │   └── BodyTooLarge         413
+    │   ├── BodyTooLarge         413
+    │   └── ModelNotFound        404: no configured upstream serves the requested model
     ├── UpstreamError            the upstream could not be reached or did not answer in time
     │   ├── UpstreamUnreachable  502
-    │   └── UpstreamTimeout      504
+    │   ├── UpstreamTimeout      504
+    │   └── NoUpstreamAvailable  503: every candidate's circuit breaker is open
     └── CacheFailure             an embedder, index or store failed; the request goes on uncached
 """
 
@@ -53,6 +55,12 @@ class BodyTooLarge(RequestError):
     status = 413
 
 
+class ModelNotFound(RequestError):
+    """Upstreams are configured with model lists and none of them serves the requested model."""
+
+    status = 404
+
+
 class UpstreamError(HTTPError):
     """The upstream failed before any byte of its answer was relayed."""
 
@@ -70,6 +78,12 @@ class UpstreamTimeout(UpstreamError):
     """The upstream did not answer within the configured timeout."""
 
     status = 504
+
+
+class NoUpstreamAvailable(UpstreamError):
+    """Every upstream that serves the model is resting after repeated failures (circuit open)."""
+
+    status = 503
 
 
 class CacheFailure(SemproxyError):

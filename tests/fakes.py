@@ -90,6 +90,7 @@ class FakeOpenAI:
         self.closed_streams = 0  # streams whose consumer went away before the end
         self.finished_streams = 0
         self.extra_headers: dict[str, str] = {"x-request-id": "req-fake"}
+        self.models = ["fake-model"]  # what GET /v1/models lists
 
     # ------------------------------------------------------------ answers
 
@@ -110,7 +111,7 @@ class FakeOpenAI:
                 return 200, headers, self._stream(kind, body, len(self.calls))
             return 200, self._json_headers(), _once(json.dumps(_completion(kind, body, len(self.calls))).encode())
         if call.method == "GET" and route == "/models":
-            models = {"object": "list", "data": [{"id": "fake-model", "object": "model", "owned_by": "fake"}]}
+            models = {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "fake"} for m in self.models]}
             return 200, self._json_headers(), _once(json.dumps(models).encode())
         echo = {"method": call.method, "path": call.path, "query": call.query, "body": call.body.decode("latin-1")}
         return 418, {"content-type": "application/json", "x-echo": "yes"}, _once(json.dumps(echo).encode())

@@ -68,8 +68,45 @@ def test_the_annotated_example_config_is_valid_and_complete() -> None:
     path = Path(__file__).resolve().parents[1] / "examples" / "semproxy.toml"
     settings = load_settings(config_file=path, environ={})
     text = path.read_text()
-    commented = {line.lstrip("# ").split(" ")[0] for line in text.splitlines()
+    settings_lines, tables = _commented_tables(text)
+    commented = {line.lstrip("# ").split(" ")[0] for line in settings_lines
                  if line.startswith("# ") and " = " in line}
-    documented = set(tomllib.loads(text)) | commented
+    documented = set(tomllib.loads(text)) | commented | set(tables)
     assert documented == {f.name for f in dataclasses.fields(Settings)}
     assert settings.similarity_threshold == Settings().similarity_threshold
+    assert settings.upstreams == ()  # the multi-upstream example is commented out
+
+
+def test_the_commented_upstreams_example_is_valid_and_complete(tmp_path: Path) -> None:
+    import dataclasses
+
+    from semproxy.upstream.config import UpstreamConfig
+
+    text = (Path(__file__).resolve().parents[1] / "examples" / "semproxy.toml").read_text()
+    _, tables = _commented_tables(text)
+    config = tmp_path / "upstreams.toml"
+    config.write_text("\n".join(tables["upstreams"]))
+    environ = {"MISTRAL_API_KEY": "sk-m", "CODESTRAL_API_KEY": "sk-c", "OPENAI_API_KEY": "sk-o"}
+    upstreams = load_settings(config_file=config, environ=environ).upstreams
+    assert [u.name for u in upstreams] == ["mistral-eu", "mistral-us", "codestral", "openai"]
+    written = {line.split(" ")[0] for line in tables["upstreams"] if " = " in line}
+    assert written == {f.name for f in dataclasses.fields(UpstreamConfig)} - {"api_key"}
+    assert upstreams[0].api_key == "sk-m" and upstreams[1].api_key is None
+
+
+def _commented_tables(text: str) -> tuple[list[str], dict[str, list[str]]]:
+    """Lines outside commented-out [[table]] blocks, and each block's lines uncommented (a block runs from
+    `# [[name]]` to the end of that run of comment lines)."""
+    outside: list[str] = []
+    tables: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("# [["):
+            current = tables.setdefault(line.strip("# []"), [])
+        elif not line.startswith("#"):
+            current = None
+        if current is None:
+            outside.append(line)
+        else:
+            current.append(line[2:] if line.startswith("# ") else line.lstrip("#"))
+    return outside, tables

@@ -27,7 +27,7 @@ def upstream_server(upstream: FakeOpenAI) -> Iterator[ThreadServer]:
 
 def _semproxy(tmp_path: Path, upstream_url: str, transport: httpx.AsyncBaseTransport | None = None) -> ThreadServer:
     settings = Settings(data_dir=tmp_path / "data", upstream=upstream_url + "/v1", similarity_threshold=0.8,
-                        compression_enabled=False)
+                        compression_enabled=False, verify_hits=False)
     cache = build_cache(settings, load_embedder=HashingEmbedder)
     server = ThreadServer(build_app(settings, transport=transport, cache=cache))
     server.cache = cache  # type: ignore[attr-defined]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -210,7 +211,7 @@ def hand_features(asked: PromptFacts, stored: PromptFacts, similarity: float, ra
 
 
 def _bigrams(words: Sequence[str]) -> set[tuple[str, str]]:
-    return set(zip(words, words[1:], strict=False))
+    return set(itertools.pairwise(words))
 
 
 def _ratio(part: float, whole: float) -> float:

@@ -1,126 +1,127 @@
 """UpstreamProxy: forwards a request to an OpenAI-compatible upstream and relays the answer as it arrives.
 
 Status, headers and body bytes are relayed verbatim (minus hop-by-hop headers). A client that hangs up
-cancels the upstream request, whether it was still waiting for headers or halfway through a stream.
+cancels the upstream request, whether it was still waiting for headers or halfway through a stream. Which
+upstream gets the request, and what happens when it fails, is `Router`'s and `Failover`'s business.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import AsyncIterator, Awaitable
+import json
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 
-from semproxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
-from semproxy.middleware.asgi import (
-    JSON_HEADERS,
-    RawHeaders,
-    Receive,
-    Scope,
-    Send,
-    header,
-    read_body,
-    send_response,
-)
+from semproxy.middleware.asgi import JSON_HEADERS, RawHeaders, Receive, Scope, Send, header, send_response
+from semproxy.upstream.failover import Failover
+from semproxy.upstream.models import union_of_models
+from semproxy.upstream.relay import HOP_BY_HOP, until_disconnect
+from semproxy.upstream.routing import Router, Upstream
 
-log = logging.getLogger("semproxy.upstream")
-
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer",
-    b"transfer-encoding", b"upgrade", b"host",
-})
-# Bodies up to this size are read before forwarding, so one task can watch for a disconnect throughout.
-BUFFERED_BODY_LIMIT = 1024 * 1024
-
-
-def map_httpx_error(exc: httpx.TransportError) -> UpstreamError:
-    """The one place where httpx's errors become semproxy's."""
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamTimeout(f"The upstream did not answer in time ({type(exc).__name__}).", code="upstream_timeout")
-    return UpstreamUnreachable(f"The upstream could not be reached: {exc or type(exc).__name__}.",
-                               code="upstream_unreachable")
+_CLIENT_KEYS = frozenset({b"authorization", b"api-key", b"x-api-key"})
+# Request headers never forwarded, by (keep the client's content-length?, does the upstream have its own key?)
+_DROPPED = {(keep, own_key): HOP_BY_HOP | (set() if keep else {b"content-length"})
+            | (_CLIENT_KEYS if own_key else set()) for keep in (True, False) for own_key in (True, False)}
+# Bodies up to this size are read before forwarding, so they can be routed by model, retried on another
+# upstream, and one task can watch for a disconnect throughout. Larger ones stream through to one upstream.
+BUFFERED_BODY_LIMIT = 8 * 1024 * 1024
 
 
 class UpstreamProxy:
-    """An ASGI app that forwards requests under `prefix` to `base_url`.
+    """An ASGI app that forwards requests under `prefix` to the upstreams `router` picks.
 
     It talks to an httpx transport, not a client: a proxy must not keep a cookie jar (one tenant's cookies
     would ride along on another's requests), follow redirects or add headers of its own.
     """
 
-    def __init__(self, transport: httpx.AsyncBaseTransport, *, base_url: str, timeout: httpx.Timeout,
-                 api_key: str | None = None, prefix: str = "/v1") -> None:
+    def __init__(self, transport: httpx.AsyncBaseTransport, router: Router, *, prefix: str = "/v1",
+                 body_limit: int = BUFFERED_BODY_LIMIT) -> None:
         self.transport = transport
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout.as_dict()
-        self.api_key = api_key
+        self.router = router
         self.prefix = prefix.encode()
+        self.body_limit = body_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        declared = header(scope, b"content-length")
-        chunked = header(scope, b"transfer-encoding") is not None
-        if chunked or (declared is not None and (not declared.isdigit() or int(declared) > BUFFERED_BODY_LIMIT)):
-            # A large upload streams through; the disconnect watch starts once it is sent.
-            request = self._request(scope, _body_stream(receive))
-            await self._exchange(request, send, receive)
+        if scope["method"] == "GET" and not self.router.passthrough and self.relative_path(scope) == "/models":
+            await until_disconnect(receive, self._models(scope, send))
             return
-        body = await read_body(receive, limit=BUFFERED_BODY_LIMIT, declared=declared) if declared else None
-        request = self._request(scope, body)
-        await _until_disconnect(receive, self._exchange(request, send))
+        body = await _buffer_or_stream(receive, limit=self.body_limit, declared=header(scope, b"content-length"),
+                                       chunked=header(scope, b"transfer-encoding") is not None)
+        if body is None or isinstance(body, bytes):
+            await until_disconnect(receive, Failover(self, scope, body).run(send))
+        else:  # a large upload streams through: one attempt; the disconnect watch starts once it is sent
+            await Failover(self, scope, body).run(send, receive)
 
-    def _request(self, scope: Scope, content: bytes | AsyncIterator[bytes] | None) -> httpx.Request:
-        return httpx.Request(scope["method"], self._url(scope), headers=self._headers(scope["headers"]),
-                             content=content, extensions={"timeout": self.timeout})
-
-    def _url(self, scope: Scope) -> str:
-        # raw_path keeps the client's percent-encoding (a file id with %2F must stay one path segment).
+    def relative_path(self, scope: Scope) -> str:
+        """The path below the prefix, with the client's percent-encoding (a file id with %2F stays one segment)."""
         path: bytes = scope.get("raw_path") or scope["path"].encode()
         root = scope.get("root_path", "").encode() + self.prefix
-        relative = path[len(root):] if path.startswith(root) else path
+        return (path[len(root):] if path.startswith(root) else path).decode("latin-1")
+
+    def url(self, upstream: Upstream, scope: Scope) -> str:
+        """Where the request goes on `upstream`."""
         query: bytes = scope.get("query_string", b"")
-        return self.base_url + relative.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+        return upstream.base_url + self.relative_path(scope) + ("?" + query.decode("latin-1") if query else "")
 
-    def _headers(self, raw: RawHeaders) -> RawHeaders:
-        headers = [(k, v) for k, v in raw if k.lower() not in HOP_BY_HOP and not k.lower().startswith(b"x-semproxy-")]
-        if self.api_key:
-            headers = [(k, v) for k, v in headers if k.lower() != b"authorization"]
-            headers.append((b"authorization", b"Bearer " + self.api_key.encode()))
-        return headers
+    def headers(self, raw: RawHeaders, upstream: Upstream, *, keep_length: bool) -> RawHeaders:
+        """The client's headers as `upstream` gets them: its own key and extra headers replace the client's."""
+        dropped = _DROPPED[keep_length, bool(upstream.api_key)]
+        replaced = {k for k, _ in upstream.headers}
+        headers = [(k, v) for k, v in raw if (name := k.lower()) not in dropped and name not in replaced
+                   and not name.startswith(b"x-semproxy-")]
+        if upstream.api_key:
+            headers.append((b"authorization", b"Bearer " + upstream.api_key.encode()))
+        return headers + upstream.headers
 
-    async def _exchange(self, request: httpx.Request, send: Send, receive: Receive | None = None) -> None:
-        try:
+    async def _models(self, scope: Scope, send: Send) -> None:
+        async def fetch(upstream: Upstream) -> list[dict[str, Any]]:
+            request = httpx.Request("GET", upstream.base_url + "/models", extensions={"timeout": upstream.timeout},
+                                    headers=self.headers(scope["headers"], upstream, keep_length=False))
             response = await self.transport.handle_async_request(request)
-        except httpx.TransportError as exc:
-            error = map_httpx_error(exc)
-            log.warning("upstream %s %s failed: %s", request.method, request.url, error)
-            await send_response(send, error.status, error.body(), JSON_HEADERS)
-            return
-        try:
-            relay = self._relay(response, send)
-            await (relay if receive is None else _until_disconnect(receive, relay))
-        finally:
-            await response.aclose()
+            try:
+                content = await response.aread()
+                if response.status_code != 200:
+                    raise ValueError(f"status {response.status_code}")
+                data = json.loads(content)["data"]
+                return [entry for entry in data if isinstance(entry, dict) and isinstance(entry.get("id"), str)]
+            finally:
+                await response.aclose()
 
-    async def _relay(self, response: httpx.Response, send: Send) -> None:
-        headers = [(k, v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP]
-        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
-        try:
-            async for chunk in response.aiter_raw():
-                if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except httpx.TransportError as exc:
-            # Bytes already reached the client: the only honest signal left is to leave the response
-            # unfinished, so the server closes the connection (and no layer above stores half an answer).
-            log.warning("upstream stream broke off (%s); closing the client connection", type(exc).__name__)
-            return
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        listing = await union_of_models(self.router, fetch)
+        await send_response(send, 200, json.dumps(listing).encode(), JSON_HEADERS)
 
 
-async def _body_stream(receive: Receive) -> AsyncIterator[bytes]:
-    """The request body as it arrives (for uploads too large to buffer)."""
+async def _buffer_or_stream(receive: Receive, *, limit: int, declared: str | None,
+                            chunked: bool) -> bytes | AsyncIterator[bytes] | None:
+    """The whole body if it is at most `limit` bytes; otherwise a stream of it (what was read, then the rest)."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return _body_stream(receive, [])
+    if declared is None and not chunked:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk: bytes = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        more = bool(message.get("more_body", False))
+        if size > limit and more:
+            return _body_stream(receive, chunks)
+        if not more:
+            break
+    return b"".join(chunks)
+
+
+async def _body_stream(receive: Receive, read: list[bytes]) -> AsyncIterator[bytes]:
+    """The request body as it arrives (for uploads too large to buffer), after the part already `read`."""
+    for chunk in read:
+        yield chunk
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -128,31 +129,3 @@ async def _body_stream(receive: Receive) -> AsyncIterator[bytes]:
         yield message.get("body", b"")
         if not message.get("more_body", False):
             return
-
-
-async def _until_disconnect(receive: Receive, work: Awaitable[None]) -> None:
-    """Run `work`; if the client disconnects first, cancel it (which closes the upstream request).
-
-    Plain asyncio rather than a task group: this wraps every forwarded request, and a task group costs
-    several times more than one watcher task.
-    """
-    current = asyncio.current_task()
-    assert current is not None
-    hung_up = False
-
-    async def watch() -> None:
-        nonlocal hung_up
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        hung_up = True
-        current.cancel()
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        await work
-    except asyncio.CancelledError:
-        if not hung_up:
-            raise
-        current.uncancel()  # our own cancellation: the client is gone, nothing is left to do
-    finally:
-        watcher.cancel()

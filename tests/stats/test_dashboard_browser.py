@@ -41,7 +41,7 @@ def test_dashboard_draws_live_charts_after_proxied_requests(tmp_path: Path) -> N
     sync_api = pytest.importorskip("playwright.sync_api")
     executable = _chromium()
     settings = Settings(data_dir=tmp_path / "data", upstream="http://upstream.test/v1", similarity_threshold=0.8,
-                        compression_enabled=False, admin_token="dash-token")
+                        compression_enabled=False, admin_token="dash-token", verify_hits=False)
     embedder = HashingEmbedder()
     app = build_app(settings, transport=FakeOpenAI().transport(),
                     cache=build_cache(settings, load_embedder=lambda: embedder))

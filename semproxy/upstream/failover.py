@@ -1,0 +1,194 @@
+"""Failover: one request tried on its candidate upstreams in turn, until one answers.
+
+A connection error, a timeout, a 429 or a 5xx moves the request to the next candidate, but only before any
+byte of the answer reached the client: once relaying has begun, a broken stream stays broken. Attempts are
+bounded in number (`max_attempts`) and in time (no new one starts `deadline` seconds after the first). If
+every attempt fails, the client gets the last answer an upstream actually gave (its 429 or 5xx, verbatim),
+or, if none answered, 502 (unreachable) / 504 (timeout) in OpenAI's error shape; 503 if every candidate's
+circuit was open, with Retry-After.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from semproxy.errors import HTTPError, ModelNotFound, NoUpstreamAvailable, UpstreamError
+from semproxy.middleware.asgi import JSON_HEADERS, RawHeaders, Receive, Scope, Send, request_info, send_response
+from semproxy.upstream.relay import map_httpx_error, relay, response_headers, until_disconnect
+from semproxy.upstream.routing import Upstream
+
+if TYPE_CHECKING:
+    from semproxy.upstream.proxy import UpstreamProxy
+
+log = logging.getLogger("semproxy.upstream")
+
+_OBJECT_START = re.compile(rb"[ \t\r\n]*\{")  # without copying the body, as lstrip() would
+UPSTREAM_HEADER = b"x-semproxy-upstream"
+ATTEMPTS_HEADER = b"x-semproxy-attempts"
+
+
+@dataclasses.dataclass(frozen=True)
+class FailedAnswer:
+    """An upstream's 429 or 5xx, read whole, kept in case no other upstream does better."""
+
+    upstream: str
+    status: int
+    headers: RawHeaders
+    body: bytes
+
+
+class Failover:
+    """The state of one request across its attempts; records each in `request_info(scope)["attempts"]`."""
+
+    def __init__(self, proxy: UpstreamProxy, scope: Scope, body: bytes | AsyncIterator[bytes] | None) -> None:
+        self.proxy = proxy
+        self.router = proxy.router
+        self.scope = scope
+        self.body = body
+        self.replayable = body is None or isinstance(body, bytes)
+        self.info = request_info(scope)
+        self.attempts: list[dict[str, Any]] = []
+        self.info["attempts"] = self.attempts
+        self.failed_answer: FailedAnswer | None = None
+        self.error: UpstreamError | None = None
+        self.parsed = _json_object(body) if self.router.needs_model and isinstance(body, bytes) else None
+        model = self.parsed.get("model") if self.parsed is not None else None
+        self.model = model if isinstance(model, str) else None
+
+    async def run(self, send: Send, receive: Receive | None = None) -> None:
+        """Try the candidates in turn; `receive` is given when the disconnect watch is still to be started."""
+        try:
+            candidates = self.router.candidates(self.model)
+        except ModelNotFound as exc:
+            await self._answer_error(send, exc)
+            return
+        limit = self.router.policy.max_attempts if self.replayable else 1
+        started, tried = self.router.clock(), 0
+        for upstream in candidates:
+            if tried >= limit or (tried and self.router.clock() - started >= self.router.policy.deadline):
+                break
+            if not upstream.breaker.acquire():
+                self._record(upstream, "circuit_open", 0.0)
+                continue
+            tried += 1
+            if await self._attempt(upstream, send, receive):
+                return
+        await self._give_up(send, candidates)
+
+    async def _attempt(self, upstream: Upstream, send: Send, receive: Receive | None) -> bool:
+        """One try; True if its answer went to the client (the request is done)."""
+        request = self._request(upstream)
+        self.router.chosen(upstream)
+        began = time.perf_counter()
+        settled = False
+        try:
+            try:
+                response = await self.proxy.transport.handle_async_request(request)
+            except httpx.TransportError as exc:
+                settled = True
+                self._transport_failed(upstream, exc, began)
+                return False
+            try:
+                settled = True
+                return await self._answered(upstream, response, send, receive, time.perf_counter() - began)
+            finally:
+                await response.aclose()
+        finally:
+            if not settled:  # cancelled (the client left) before a verdict: another request may probe
+                upstream.breaker.release()
+
+    def _transport_failed(self, upstream: Upstream, exc: httpx.TransportError, began: float) -> None:
+        upstream.breaker.failed()
+        outcome = ("timeout" if isinstance(exc, httpx.TimeoutException)
+                   else "connect_error" if isinstance(exc, httpx.ConnectError) else "network_error")
+        self._record(upstream, outcome, time.perf_counter() - began)
+        self.error = map_httpx_error(exc)
+        log.warning("upstream %s: %s %s failed: %s", upstream.name, self.scope["method"], self.scope["path"],
+                    self.error)
+
+    async def _answered(self, upstream: Upstream, response: httpx.Response, send: Send, receive: Receive | None,
+                        seconds: float) -> bool:
+        status = response.status_code
+        if status == 429 or status >= 500:
+            # A 429 means the upstream is up but this key is over its limit: not a breaker failure.
+            if status == 429:
+                upstream.breaker.release()
+            else:
+                upstream.breaker.failed()
+            self._record(upstream, f"status_{status}", seconds)
+            try:
+                body = b"".join([chunk async for chunk in response.aiter_raw()])
+            except httpx.TransportError as exc:  # not even the error arrived whole: nothing to pass on
+                self.error = map_httpx_error(exc)
+                return False
+            self.failed_answer = FailedAnswer(upstream.name, status, response_headers(response, []), body)
+            return False
+        upstream.breaker.succeeded()
+        if status < 300:  # a quick refusal (400, 404) says little about how fast answers come
+            self.router.observe(upstream, seconds)
+        self._record(upstream, "ok", seconds)
+        self.info["upstream"] = upstream.name
+        streaming = relay(response, send, self._headers(upstream.name))
+        broken = not await (streaming if receive is None else until_disconnect(receive, streaming, default=True))
+        if broken:  # the upstream broke off mid-stream (a client that left is not the upstream's failure)
+            upstream.breaker.failed()
+        return True
+
+    def _request(self, upstream: Upstream) -> httpx.Request:
+        content = self.body
+        if self.parsed is not None and self.model is not None:
+            target = upstream.config.upstream_model(self.model)
+            if target != self.model:  # an alias: the only case where semproxy re-serializes the body
+                content = json.dumps({**self.parsed, "model": target}, ensure_ascii=False).encode()
+        # The client's content-length holds for its own bytes (and spares httpx a header insert); a new body
+        # gets its length from httpx.
+        headers = self.proxy.headers(self.scope["headers"], upstream, keep_length=content is self.body)
+        return httpx.Request(self.scope["method"], self.proxy.url(upstream, self.scope), headers=headers,
+                             content=content, extensions={"timeout": upstream.timeout})
+
+    async def _give_up(self, send: Send, candidates: list[Upstream]) -> None:
+        if self.failed_answer is not None:
+            answer = self.failed_answer
+            self.info["upstream"] = answer.upstream
+            headers = [*answer.headers, *self._headers(answer.upstream)]
+            await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+            await send({"type": "http.response.body", "body": answer.body, "more_body": False})
+            return
+        if self.error is not None:
+            await self._answer_error(send, self.error)
+            return
+        wait = min(u.breaker.retry_after() for u in candidates)
+        error = NoUpstreamAvailable("Every upstream that serves this request failed repeatedly and is resting; "
+                                    "retry later.", code="upstreams_unavailable")
+        await self._answer_error(send, error, [(b"retry-after", str(max(1, math.ceil(wait))).encode())])
+
+    async def _answer_error(self, send: Send, error: HTTPError, extra: RawHeaders | None = None) -> None:
+        await send_response(send, error.status, error.body(), [*JSON_HEADERS, *(extra or []), *self._headers(None)])
+
+    def _headers(self, upstream: str | None) -> RawHeaders:
+        summary = ",".join(f"{a['upstream']}:{a['outcome']}" for a in self.attempts)
+        headers = [(ATTEMPTS_HEADER, summary.encode("latin-1"))] if summary else []
+        return headers if upstream is None else [(UPSTREAM_HEADER, upstream.encode("latin-1")), *headers]
+
+    def _record(self, upstream: Upstream, outcome: str, seconds: float) -> None:
+        self.attempts.append({"upstream": upstream.name, "outcome": outcome, "ms": round(seconds * 1000, 3)})
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object, or None (a body that is not JSON has no model to route by)."""
+    if _OBJECT_START.match(body) is None:
+        return None
+    try:
+        parsed = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return parsed if isinstance(parsed, dict) else None
