@@ -1,8 +1,9 @@
-"""The `semproxy` command: serve, statistics, and cache maintenance."""
+"""The `semproxy` command: serve, statistics, hit-policy evaluation, and cache maintenance."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -47,6 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--hashes", action="store_true", help="show prompt hashes even where text was logged")
     stats.set_defaults(handler=_stats)
 
+    evaluate = commands.add_parser("eval", help="replay labelled prompt pairs through the hit policy")
+    _common(evaluate)
+    evaluate.add_argument("pairs", type=Path, metavar="PAIRS_FILE",
+                          help="jsonl with text_a, text_b, label (1 = same meaning); or a PAWS / STS-B TSV file")
+    evaluate.add_argument("--plot", type=Path, metavar="PNG", help="draw the precision/recall curve to this file")
+    evaluate.add_argument("--max-false-hit-rate", type=float, help="the budget to mark (default: the configured one)")
+    evaluate.add_argument("--limit", type=int, help="read at most this many pairs")
+    evaluate.add_argument("--json", action="store_true", help="print the figures as JSON")
+    evaluate.set_defaults(handler=_eval)
+
     cache = commands.add_parser("cache", help="inspect or clear the cache")
     cache_commands = cache.add_subparsers(required=True, metavar="ACTION")
     clear = cache_commands.add_parser("clear", help="remove cached entries")
@@ -65,7 +76,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("upstream", "host", "port", "data_dir")
+    names = ("upstream", "host", "port", "data_dir", "max_false_hit_rate")
     return {name: getattr(args, name, None) for name in names}
 
 
@@ -104,6 +115,63 @@ def _stats(settings: Settings, args: argparse.Namespace) -> int:
     else:
         terminal.render(figures, Console())
     return 0
+
+
+def _eval(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from semproxy.cache import evaluation
+    from semproxy.cache.embedder import SentenceTransformerEmbedder
+    from semproxy.cache.verifier import HitVerifier
+
+    try:
+        pairs = evaluation.read_pairs(args.pairs, limit=args.limit)
+    except ConfigError as exc:
+        print(f"semproxy: {exc}", file=sys.stderr)
+        return 2
+    embedder = SentenceTransformerEmbedder(settings.embedding_model)
+    verifier = HitVerifier.packaged(max_false_hit_rate=settings.max_false_hit_rate)
+    labels = np.asarray([p.same_meaning for p in pairs], dtype=np.bool_)
+    cosines, scores = evaluation.policy_scores(pairs, embedder.embed, verifier if settings.verify_hits else None,
+                                               floor=settings.similarity_threshold)
+    if settings.verify_hits:
+        points = evaluation.budget_sweep(scores, labels, verifier, [*evaluation.BUDGETS, settings.max_false_hit_rate])
+        configured = next(p for p in points if p.threshold == verifier.threshold)
+    else:
+        configured = evaluation.operating_point("cosine only", scores > evaluation.REJECTED, labels,
+                                                settings.similarity_threshold)
+        points = [configured]
+    baseline = evaluation.operating_point(f"cosine >= {settings.similarity_threshold:g} alone",
+                                          cosines >= settings.similarity_threshold, labels,
+                                          settings.similarity_threshold)
+    if args.json:
+        print(json.dumps({"pairs": len(pairs), "same_meaning": int(labels.sum()),
+                          "configured": dataclasses.asdict(configured),
+                          "sweep": [dataclasses.asdict(p) for p in points],
+                          "cosine_alone": dataclasses.asdict(baseline)}, indent=2))
+    else:
+        _print_points(len(pairs), int(labels.sum()), points, configured, baseline)
+    if args.plot is not None:
+        try:
+            evaluation.plot(args.plot, evaluation.precision_recall_curve(scores, labels), configured,
+                            evaluation.cosine_curve(cosines, labels), title=args.pairs.name)
+        except ConfigError as exc:
+            print(f"semproxy: {exc}", file=sys.stderr)
+            return 2
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def _print_points(count: int, positives: int, points: Any, configured: Any, baseline: Any) -> None:
+    print(f"{count} pairs, {positives} with the same meaning; stored = first text, asked = second")
+    print(f"{'policy':28s} {'threshold':>9s} {'served':>7s} {'precision':>9s} {'recall':>7s} "
+          f"{'false hits':>10s} {'hit rate':>8s}")
+    for point in [*points, baseline]:
+        mark = "  <- configured" if point is configured else ""
+        print(f"{point.label:28s} {point.threshold:9.4f} {point.served:7d} {point.precision:9.1%} "
+              f"{point.recall:7.1%} {point.false_hit_rate:10.2%} {point.hit_rate:8.1%}{mark}")
 
 
 def _cache_clear(settings: Settings, args: argparse.Namespace) -> int:

@@ -48,6 +48,7 @@ class Verdict:
     accepted: bool
     score: float  # the model's estimate that the stored answer fits; 0 when a rule rejected it
     reason: str
+    by_rule: bool = False  # decided by a rule, before the model
 
     def header(self) -> str:
         """The compact form sent in `X-Semproxy-Verdict`."""
@@ -327,10 +328,10 @@ class HitVerifier:
     def verify(self, asked: PromptFacts, asked_vector: FloatArray, stored: PromptFacts,
                stored_vector: FloatArray, similarity: float) -> Verdict:
         if asked.words == stored.words:  # the same words: only case, spacing or punctuation differ
-            return Verdict(accepted=True, score=1.0, reason="same words")
+            return Verdict(accepted=True, score=1.0, reason="same words", by_rule=True)
         reason = rule_rejection(asked, stored)
         if reason is not None:
-            return Verdict(accepted=False, score=0.0, reason=reason)
+            return Verdict(accepted=False, score=0.0, reason=reason, by_rule=True)
         score = self.score(asked, asked_vector, stored, stored_vector, similarity)
         if score >= self.threshold:
             return Verdict(accepted=True, score=score, reason=f"score >= {self.threshold:.3f}")
