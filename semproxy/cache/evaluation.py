@@ -55,7 +55,7 @@ def read_pairs(path: Path, *, limit: int | None = None) -> list[LabelledPair]:
     """Pairs from jsonl (`text_a`, `text_b`, `label`), PAWS TSV (with header) or STS-B TSV (7+ columns)."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
-    opener: Callable[..., IO[str]] = gzip.open if path.suffix == ".gz" else open  # type: ignore[assignment]
+    opener: Callable[..., IO[str]] = gzip.open if path.suffix == ".gz" else open
     name = path.name.removesuffix(".gz")
     with opener(path, "rt", encoding="utf-8", newline="") as f:
         rows = _jsonl(f) if name.endswith((".jsonl", ".json")) else _tsv(f)
