@@ -13,8 +13,17 @@ Protocols (the held-out split of ``bench/verifier_data.py``; nothing here was us
   the unchanged rewordings must still hit.
 
 Policies compared: semproxy (candidate floor + rules + model at the configured budget), plain cosine at
-several thresholds (nearest candidate), and GPTCache's default similarity evaluation with the same model
-(run in ``.venv-rivals``, see ``bench/rivals/``; skipped if that environment is missing).
+several thresholds (nearest candidate), and GPTCache's default set-up with the same model (the real package,
+run in ``.venv-rivals`` by ``bench/rivals/gptcache_protocol.py``; skipped if that environment is missing).
+On the pairwise sets (PAWS, STS-B) GPTCache's default is applied as the cosine threshold it amounts to
+(0.6); the retrieval runs check that equivalence against the package's own answers.
+
+QQP's strict protocol counts a hit on another stored question as wrong even when that question asks the
+same thing (QQP has many near-identical questions in different pairs, and only the pair's own label is
+known). So the report adds a "judged" precision that leaves out hits whose (asked, served) pair carries no
+label anywhere in the file, and lists the hit categories.
+
+It also times the verifier against one embedding forward pass, interleaved, medians and ratio.
 
 Run from the repository root (a few minutes)::
 
@@ -26,8 +35,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,15 +51,22 @@ import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import swap_set
 import verifier_data as vd
 
+from semproxy.cache.text import analyze
 from semproxy.cache.verifier import Candidate, HitVerifier
 
-RESULTS_PATH = Path(__file__).resolve().parent / "results" / "verifier_bench.json"
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_PATH = BENCH_DIR / "results" / "verifier_bench.json"
+RIVALS_PYTHON = BENCH_DIR.parent / ".venv-rivals" / "bin" / "python"
 FLOOR = 0.80
 TOP_K = 4
 COSINE_THRESHOLDS = (0.80, 0.85, 0.90, 0.95, 0.97)
 BUDGETS = (0.01, 0.02, 0.05)
+GPTCACHE_COSINE = 0.6  # GPTCache's default: L2 distance^2 <= 4 * (1 - 0.8) between unit vectors = cosine >= 0.6
+SWAP_BASES = 3000
+LATENCY_ROUNDS = 300
 
 
 def log(message: str) -> None:
@@ -71,49 +92,100 @@ class Outcome:
         }
 
 
-# ------------------------------------------------------------------------------------ QQP retrieval
+# ------------------------------------------------------------------------------------ retrieval
 
 
-def qqp_retrieval(d: vd.Dataset, verifier: HitVerifier | None, cosine_threshold: float) -> Outcome:
-    """Store every held-out text_a, ask every text_b; the nearest TOP_K stored prompts are the candidates."""
+@dataclass
+class Retrieval:
+    """A store-then-ask run: which stored text (index into `stored`) each asked text got, or None."""
+
+    stored: list[str]
+    stored_vectors: npt.NDArray[np.float32]
+    asked: list[str]
+    asked_vectors: npt.NDArray[np.float32]
+
+    def nearest(self) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]:
+        ids, sims = [], []
+        for start in range(0, len(self.asked), 2048):
+            block = self.asked_vectors[start:start + 2048] @ self.stored_vectors.T
+            top = np.argsort(-block, axis=1)[:, :TOP_K]
+            ids.append(top)
+            sims.append(np.take_along_axis(block, top, axis=1))
+        return np.vstack(ids), np.vstack(sims)
+
+    def answers(self, verifier: HitVerifier | None, threshold: float) -> list[int | None]:
+        ids, sims = self.nearest()
+        stored_facts = {}
+        out: list[int | None] = []
+        for k, text in enumerate(self.asked):
+            keep = sims[k] >= threshold
+            found, scores = ids[k][keep], sims[k][keep]
+            if not len(found):
+                out.append(None)
+                continue
+            if verifier is None:
+                out.append(int(found[0]))
+                continue
+            candidates = []
+            for i, s in zip(found, scores, strict=True):
+                if i not in stored_facts:
+                    stored_facts[i] = analyze(self.stored[i])
+                candidates.append(Candidate(facts=stored_facts[i], vector=self.stored_vectors[i], similarity=float(s)))
+            best, _ = verifier.choose(analyze(text), self.asked_vectors[k], candidates)
+            out.append(None if best is None else int(found[best]))
+        return out
+
+    def gptcache(self) -> list[int | None] | None:
+        """GPTCache's own answers (the package, default set-up), or None without the rivals' venv."""
+        if not RIVALS_PYTHON.exists():
+            log("no .venv-rivals: skipping GPTCache (bash bench/rivals/install.sh)")
+            return None
+        with tempfile.TemporaryDirectory() as folder:
+            source, target = Path(folder) / "in.npz", Path(folder) / "out.json"
+            np.savez(source, stored_texts=np.asarray(self.stored), stored_vectors=self.stored_vectors,
+                     asked_texts=np.asarray(self.asked), asked_vectors=self.asked_vectors)
+            subprocess.run([str(RIVALS_PYTHON), str(BENCH_DIR / "rivals" / "gptcache_protocol.py"), str(source),
+                            str(target)], check=True)
+            answers: list[int | None] = json.loads(target.read_text())["answers"]
+            return answers
+
+
+def qqp_setup(d: vd.Dataset) -> tuple[Retrieval, npt.NDArray[np.intp]]:
     rows = d.rows("heldout")
     stored_ids = np.unique(d.left[rows])
-    stored = d.vectors[stored_ids]
-    hits = correct = correct_positive = served_negative = 0
-    for start in range(0, len(rows), 2048):
-        chunk = rows[start:start + 2048]
-        sims = d.vectors[d.right[chunk]] @ stored.T
-        top = np.argsort(-sims, axis=1)[:, :TOP_K]
-        for k, row in enumerate(chunk):
-            choice = _choose(d, row, stored_ids[top[k]], sims[k, top[k]], verifier, cosine_threshold)
-            if choice is None:
-                continue
-            hits += 1
-            # Right: the pair's own entry for a duplicate pair, or a verbatim copy of the asked question
-            # (text_b of one pair is text_a of another 779 times; the exact tier serves those anyway).
-            verbatim = d.texts[choice] == d.texts[d.right[row]]
-            own = d.texts[choice] == d.texts[d.left[row]] and bool(d.labels[row])
-            correct += own or verbatim
-            correct_positive += own or (verbatim and bool(d.labels[row]))
-            served_negative += not d.labels[row] and not verbatim
-    labels = d.labels[rows]
-    return Outcome(hits, correct, int(labels.sum()), served_negative, int((~labels).sum()),
-                   correct_positive=correct_positive)
+    retrieval = Retrieval([d.texts[i] for i in stored_ids], d.vectors[stored_ids],
+                          [d.texts[d.right[r]] for r in rows], d.vectors[d.right[rows]])
+    return retrieval, rows
 
 
-def _choose(d: vd.Dataset, row: int, ids: npt.NDArray[np.intp], sims: npt.NDArray[np.float32],
-            verifier: HitVerifier | None, threshold: float) -> int | None:
-    keep = sims >= threshold
-    ids, sims = ids[keep], sims[keep]
-    if not len(ids):
-        return None
-    if verifier is None:
-        return int(ids[0])
-    asked = d.right[row]
-    candidates = [Candidate(facts=d.facts[i], vector=d.vectors[i], similarity=float(s))
-                  for i, s in zip(ids, sims, strict=True)]
-    best, _ = verifier.choose(d.facts[asked], d.vectors[asked], candidates)
-    return None if best is None else int(ids[best])
+def qqp_outcome(d: vd.Dataset, rows: npt.NDArray[np.intp], retrieval: Retrieval,
+                answers: list[int | None]) -> dict[str, object]:
+    """Strict protocol figures, the judged precision, and the hit categories."""
+    labelled = {frozenset((d.texts[a], d.texts[b])): bool(y) for a, b, y in zip(d.left, d.right, d.labels,
+                                                                                  strict=True)}
+    kinds: Counter[str] = Counter()
+    for row, answer in zip(rows, answers, strict=True):
+        if answer is None:
+            continue
+        served, asked, own = retrieval.stored[answer], d.texts[d.right[row]], d.texts[d.left[row]]
+        if served == asked:
+            kinds["verbatim"] += 1
+        elif served == own:
+            kinds["own_duplicate" if d.labels[row] else "own_not_duplicate"] += 1
+        else:
+            label = labelled.get(frozenset((served, asked)))
+            kinds["other_unlabelled" if label is None else "other_duplicate" if label else "other_not_duplicate"] += 1
+    hits = sum(kinds.values())
+    correct = kinds["own_duplicate"] + kinds["verbatim"]
+    judged = hits - kinds["other_unlabelled"]
+    positives = int(d.labels[rows].sum())
+    found = kinds["own_duplicate"] + sum(1 for row, a in zip(rows, answers, strict=True) if a is not None
+                                         and d.labels[row] and retrieval.stored[a] == d.texts[d.right[row]])
+    return {
+        "hits": hits, "precision": correct / hits if hits else 1.0, "recall": found / positives,
+        "judged_precision": (correct + kinds["other_duplicate"]) / judged if judged else 1.0,
+        "categories": dict(kinds),
+    }
 
 
 # ------------------------------------------------------------------------------------ pairwise
@@ -123,37 +195,133 @@ def pairwise(d: vd.Dataset, verifier: HitVerifier | None, threshold: float) -> O
     rows = d.rows("heldout")
     served = np.zeros(len(rows), dtype=np.bool_)
     for k, row in enumerate(rows):
-        ids = np.asarray([d.left[row]])
-        sims = np.asarray([float(d.vectors[d.left[row]] @ d.vectors[d.right[row]])], dtype=np.float32)
-        served[k] = _choose(d, row, ids, sims, verifier, threshold) is not None
+        similarity = float(d.vectors[d.left[row]] @ d.vectors[d.right[row]])
+        if similarity < threshold:
+            continue
+        if verifier is None:
+            served[k] = True
+            continue
+        candidate = Candidate(facts=d.facts[d.left[row]], vector=d.vectors[d.left[row]], similarity=similarity)
+        served[k] = verifier.choose(d.facts[d.right[row]], d.vectors[d.right[row]], [candidate])[0] is not None
     labels = d.labels[rows]
     return Outcome(int(served.sum()), int((served & labels).sum()), int(labels.sum()),
                    int((served & ~labels).sum()), int((~labels).sum()))
 
 
+# ------------------------------------------------------------------------------------ swaps
+
+
+def swap_setup(datasets: dict[str, vd.Dataset]) -> tuple[Retrieval, list[swap_set.Variant]]:
+    """Held-out prompts (QQP questions, GPTCache origins) with their swaps and rewordings, plus the
+    hand-written pairs; every stored prompt goes into one namespace."""
+    qqp, mock = datasets["qqp"], datasets["gptcache_mock"]
+    bases = sorted({qqp.texts[qqp.left[r]] for r in qqp.rows("heldout")})
+    random.Random(0).shuffle(bases)
+    bases = bases[:SWAP_BASES] + sorted({mock.texts[mock.left[r]] for r in mock.rows("heldout")})
+    variants = swap_set.generate(bases) + swap_set.HANDWRITTEN
+    stored = sorted({v.stored for v in variants})
+    asked = [v.asked for v in variants]
+    vectors = embed_texts("swaps", stored + asked)
+    return Retrieval(stored, vectors[:len(stored)], asked, vectors[len(stored):]), variants
+
+
+def embed_texts(name: str, texts: list[str]) -> npt.NDArray[np.float32]:
+    pairs = vd.sweep.PairSet(name, [])
+    for text in texts:
+        pairs._text_id(text)
+    vectors, _ = vd.sweep.embed(pairs, vd.sweep.ModelLoader(), use_cache=True)
+    position = {t: i for i, t in enumerate(pairs.texts)}
+    return vectors.astype(np.float32)[[position[t] for t in texts]]
+
+
+def swap_outcome(retrieval: Retrieval, variants: list[swap_set.Variant],
+                 answers: list[int | None]) -> dict[str, dict[str, float]]:
+    """Per kind: how many asked, and the share served (swaps: any answer; rewordings: their own)."""
+    asked: Counter[str] = Counter()
+    served: Counter[str] = Counter()
+    for variant, answer in zip(variants, answers, strict=True):
+        kind = variant.kind
+        asked[kind] += 1
+        if answer is not None and (variant.swap or retrieval.stored[answer] == variant.stored):
+            served[kind] += 1
+    swaps = [k for k in asked if k != "rewording"]
+    result = {k: {"asked": asked[k], "served": served[k] / asked[k]} for k in sorted(asked)}
+    total = sum(asked[k] for k in swaps)
+    result["all_swaps"] = {"asked": total, "served": sum(served[k] for k in swaps) / total}
+    return result
+
+
+# ------------------------------------------------------------------------------------ latency
+
+
+def verifier_latency(d: vd.Dataset, verifier: HitVerifier) -> dict[str, float]:
+    """One lookup's verification (the asked prompt's facts plus 4 candidates, stored facts cached as in
+    the proxy) against one forward pass of the embedder, interleaved."""
+    model = vd.sweep.ModelLoader().get()
+    rows = d.rows("heldout")[:LATENCY_ROUNDS]
+    verify_ms, embed_ms = [], []
+    for row in rows:
+        text = d.texts[d.right[row]]
+        started = time.perf_counter()
+        model.encode([text], normalize_embeddings=True)
+        embed_ms.append((time.perf_counter() - started) * 1000)
+        candidates = [Candidate(facts=d.facts[d.left[r]], vector=d.vectors[d.left[r]], similarity=0.9)
+                      for r in d.rows("heldout")[row % 50:row % 50 + 4]]
+        started = time.perf_counter()
+        verifier.choose(analyze(text), d.vectors[d.right[row]], candidates)  # as the proxy calls it
+        verify_ms.append((time.perf_counter() - started) * 1000)
+    return {"verify_4_candidates_ms_p50": statistics.median(verify_ms),
+            "embed_one_prompt_ms_p50": statistics.median(embed_ms),
+            "ratio": statistics.median(verify_ms) / statistics.median(embed_ms)}
+
+
+# ------------------------------------------------------------------------------------ main
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args()
+    parser.add_argument("--no-gptcache", action="store_true", help="skip the GPTCache runs")
+    parser.add_argument("--only", nargs="*", help="run only these policies (names as printed) and the latency "
+                        "check, keeping the other results of the previous run")
+    args = parser.parse_args()
     datasets = {d.name: d for d in vd.load_all()}
+    previous = json.loads(RESULTS_PATH.read_text()) if args.only and RESULTS_PATH.exists() else {}
     results: dict[str, object] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.machine(),
-        "floor": FLOOR, "top_k": TOP_K,
+        "floor": FLOOR, "top_k": TOP_K, "policies": previous.get("policies", {}),
     }
     policies: list[tuple[str, HitVerifier | None, float]] = [
         (f"semproxy budget {b:.0%}", HitVerifier.packaged(max_false_hit_rate=b), FLOOR) for b in BUDGETS]
     policies += [(f"cosine >= {t:.2f}", None, t) for t in COSINE_THRESHOLDS]
+    policies.append(("GPTCache default", None, GPTCACHE_COSINE))
+    qqp_retrieval, qqp_rows = qqp_setup(datasets["qqp"])
+    swaps, variants = swap_setup(datasets)
     for name, verifier, threshold in policies:
+        if args.only and name not in args.only:
+            continue
         started = time.perf_counter()
-        qqp = qqp_retrieval(datasets["qqp"], verifier, threshold).as_dict()
-        paws = pairwise(datasets["paws_wiki"], verifier, threshold).as_dict()
-        stsb = pairwise(datasets["stsb"], verifier, threshold).as_dict()
-        qqp_pairs = pairwise(datasets["qqp"], verifier, threshold).as_dict()
-        results[name] = {"qqp_retrieval": qqp, "qqp_pairs": qqp_pairs, "paws": paws, "stsb": stsb}
-        log(f"{name:22s} QQP precision {qqp['precision']:.3f} recall {qqp['recall']:.3f} | "
-            f"pairs {qqp_pairs['precision']:.3f} / {qqp_pairs['recall']:.3f} | "
-            f"PAWS false hits {paws['false_hit_rate']:.1%} recall {paws['recall']:.1%} | "
-            f"STS-B false hits {stsb['false_hit_rate']:.1%} recall {stsb['recall']:.1%} "
+        qqp_answers = qqp_retrieval.answers(verifier, threshold)
+        swap_answers = swaps.answers(verifier, threshold)
+        entry: dict[str, object] = {}
+        if name == "GPTCache default" and not args.no_gptcache:
+            package_qqp, package_swaps = qqp_retrieval.gptcache(), swaps.gptcache()
+            if package_qqp is not None and package_swaps is not None:
+                entry["agreement_with_cosine_0.6"] = float(np.mean(
+                    [a == b for a, b in zip(package_qqp + package_swaps, qqp_answers + swap_answers, strict=True)]))
+                qqp_answers, swap_answers = package_qqp, package_swaps
+        entry["qqp_retrieval"] = qqp_outcome(datasets["qqp"], qqp_rows, qqp_retrieval, qqp_answers)
+        entry["qqp_pairs"] = pairwise(datasets["qqp"], verifier, threshold).as_dict()
+        entry["paws"] = pairwise(datasets["paws_wiki"], verifier, threshold).as_dict()
+        entry["stsb"] = pairwise(datasets["stsb"], verifier, threshold).as_dict()
+        entry["swaps"] = swap_outcome(swaps, variants, swap_answers)
+        results["policies"][name] = entry  # type: ignore[index]
+        q, p, s = entry["qqp_retrieval"], entry["paws"], entry["swaps"]
+        log(f"{name:22s} QQP precision {q['precision']:.3f} (judged {q['judged_precision']:.3f}) "  # type: ignore[index]
+            f"recall {q['recall']:.3f} | PAWS false hits {p['false_hit_rate']:.1%} | "  # type: ignore[index]
+            f"swaps served {s['all_swaps']['served']:.1%}, rewordings {s['rewording']['served']:.1%} "  # type: ignore[index]
             f"({time.perf_counter() - started:.0f} s)")
+    results["latency"] = verifier_latency(datasets["qqp"], HitVerifier.packaged(max_false_hit_rate=0.02))
+    log(f"latency: {results['latency']}")
     RESULTS_PATH.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 

@@ -327,25 +327,39 @@ class HitVerifier:
 
     def verify(self, asked: PromptFacts, asked_vector: FloatArray, stored: PromptFacts,
                stored_vector: FloatArray, similarity: float) -> Verdict:
-        if asked.words == stored.words:  # the same words: only case, spacing or punctuation differ
-            return Verdict(accepted=True, score=1.0, reason="same words", by_rule=True)
-        reason = rule_rejection(asked, stored)
-        if reason is not None:
-            return Verdict(accepted=False, score=0.0, reason=reason, by_rule=True)
-        score = self.score(asked, asked_vector, stored, stored_vector, similarity)
-        if score >= self.threshold:
-            return Verdict(accepted=True, score=score, reason=f"score >= {self.threshold:.3f}")
-        return Verdict(accepted=False, score=score, reason=f"score < {self.threshold:.3f}")
+        """The verdict on one candidate."""
+        verdict = self._by_rule(asked, stored)
+        if verdict is not None:
+            return verdict
+        return self._by_score(self.score(asked, asked_vector, stored, stored_vector, similarity))
 
     def choose(self, asked: PromptFacts, asked_vector: FloatArray,
                candidates: Sequence[Candidate]) -> tuple[int | None, list[Verdict]]:
-        """The nearest candidate the verifier accepts (candidates come nearest first), and the verdicts so far."""
-        verdicts = []
-        for i, c in enumerate(candidates):
-            verdicts.append(self.verify(asked, asked_vector, c.facts, c.vector, c.similarity))
-            if verdicts[-1].accepted:
-                return i, verdicts
-        return None, verdicts
+        """The nearest candidate the verifier accepts (candidates come nearest first), and every verdict.
+
+        The rules run first; the candidates they leave are scored by the model in one batch.
+        """
+        verdicts: list[Verdict | None] = [self._by_rule(asked, c.facts) for c in candidates]
+        pending = [i for i, v in enumerate(verdicts) if v is None]
+        if pending:
+            rows = np.vstack([pair_vector(asked, asked_vector, candidates[i].facts, candidates[i].vector,
+                                          candidates[i].similarity, self.rarity) for i in pending])
+            for i, score in zip(pending, self.model.score(rows), strict=True):
+                verdicts[i] = self._by_score(float(score))
+        final = [v for v in verdicts if v is not None]
+        chosen = next((i for i, v in enumerate(final) if v.accepted), None)
+        return chosen, final
+
+    def _by_rule(self, asked: PromptFacts, stored: PromptFacts) -> Verdict | None:
+        if asked.words == stored.words:  # the same words: only case, spacing or punctuation differ
+            return Verdict(accepted=True, score=1.0, reason="same words", by_rule=True)
+        reason = rule_rejection(asked, stored)
+        return None if reason is None else Verdict(accepted=False, score=0.0, reason=reason, by_rule=True)
+
+    def _by_score(self, score: float) -> Verdict:
+        if score >= self.threshold:
+            return Verdict(accepted=True, score=score, reason=f"score >= {self.threshold:.3f}")
+        return Verdict(accepted=False, score=score, reason=f"score < {self.threshold:.3f}")
 
     def score(self, asked: PromptFacts, asked_vector: FloatArray, stored: PromptFacts, stored_vector: FloatArray,
               similarity: float) -> float:
