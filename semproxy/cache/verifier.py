@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from semproxy.cache.text import DIRECTION_WORDS, PromptFacts
+from semproxy.cache.text import DIRECTION_WORDS, STOPWORDS, PromptFacts
 
 FloatArray = NDArray[np.float32]
 MODEL_FILE = "verifier_model.npz"
@@ -96,14 +96,14 @@ def rule_rejection(asked: PromptFacts, stored: PromptFacts) -> str | None:
 
 
 def substituted_name(asked: PromptFacts, stored: PromptFacts) -> tuple[str, str] | None:
-    """A name on each side that the other lacks, in the same place (same words before and after it)."""
-    new_names, old_names = _names_missing(asked, stored), _names_missing(stored, asked)
-    if not new_names or not old_names:
+    """A name the stored prompt lacks, where the stored prompt has another name between the same words."""
+    new_names = _names_missing(asked, stored)
+    if not new_names:
         return None
-    new_places = _neighbours(asked.words, new_names)
-    for old, places in _neighbours(stored.words, old_names).items():
-        for new, other_places in new_places.items():
-            if places & other_places:
+    old_places = _neighbours(stored.words, stored.entities)
+    for new, places in _neighbours(asked.words, new_names).items():
+        for old, other_places in old_places.items():
+            if old != new and places & other_places:
                 return (new, old)
     return None
 
@@ -134,7 +134,12 @@ def _show(items: frozenset[str]) -> str:
 
 
 def reversed_direction(first: Sequence[str], second: Sequence[str]) -> tuple[str, str] | None:
-    """Two words that appear once on each side, with a direction word between them, in opposite order."""
+    """Two words on either side of a direction word that trade places ("India to Pakistan" / "Pakistan to
+    India"), or two words that appear once on each side, a direction word between them, in opposite order."""
+    arrows1, arrows2 = _arrows(first), _arrows(second)
+    for x, word, y in arrows1:
+        if (y, word, x) in arrows2 and (x, word, y) not in arrows2:
+            return (x, y)
     pos1, pos2 = _single_positions(first), _single_positions(second)
     shared = [w for w in pos1 if w in pos2 and w not in DIRECTION_WORDS]
     for i, x in enumerate(shared):
@@ -144,6 +149,18 @@ def reversed_direction(first: Sequence[str], second: Sequence[str]) -> tuple[str
             if _direction_between(first, pos1[x], pos1[y]) and _direction_between(second, pos2[x], pos2[y]):
                 return (x, y)
     return None
+
+
+def _arrows(words: Sequence[str]) -> set[tuple[str, str, str]]:
+    """(word before, direction word, word after) around each direction word, skipping little words."""
+    found = set()
+    for i, word in enumerate(words):
+        if word in DIRECTION_WORDS:
+            before = next((w for w in reversed(words[max(0, i - 3):i]) if w not in STOPWORDS), None)
+            after = next((w for w in words[i + 1:i + 4] if w not in STOPWORDS), None)
+            if before and after and before != after:
+                found.add((before, word, after))
+    return found
 
 
 def _single_positions(words: Sequence[str]) -> dict[str, int]:

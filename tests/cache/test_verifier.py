@@ -27,6 +27,9 @@ def rejection(asked: str, stored: str) -> str | None:
     ("What is the capital of France?", "What is the capital of Germany?", "name"),
     ("How do I reverse a list in Python?", "How do I reverse a list in Rust?", "names"),
     ("Quelle est la capitale de la France ?", "What is the capital of France?", "written in"),
+    ("Money sent by India to Pakistan, and how Pakistan used it", "Money sent by Pakistan to India, and how "
+     "Pakistan used it", "direction"),  # a name that appears twice
+    ("Amazon SageMaker works with Adobe SageMaker", "Amazon SageMaker works with Amazon SageMaker", "name"),
 ])
 def test_rules_reject_swaps_with_a_reason(asked: str, stored: str, reason: str) -> None:
     why = rejection(asked, stored)
