@@ -30,6 +30,8 @@ def _chromium() -> str:
         found = candidate and shutil.which(candidate)
         if found:
             return found
+    if os.environ.get("CI"):  # CI installs it (scripts/install.sh): a missing browser is a broken set-up there
+        pytest.fail("no Chromium installed although scripts/install.sh should have installed it")
     pytest.skip("no Chromium installed (scripts/install.sh installs it)")
 
 
