@@ -17,7 +17,7 @@ from semproxy.cache.records import CacheHit, CacheKey, Controls, Lookup
 from semproxy.cache.service import SemanticCache
 from semproxy.cache.singleflight import SingleFlight
 from semproxy.config import Settings
-from semproxy.errors import HTTPError
+from semproxy.errors import HTTPError, RequestError
 from semproxy.middleware import controls
 from semproxy.middleware.asgi import (
     JSON_HEADERS,
@@ -110,6 +110,7 @@ class CacheResponder:
         self.cache = middleware.cache
         self.settings = middleware.settings
         self.kind = kind
+        self.shared = False  # whether the request reads a shared namespace
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.info = request_info(scope)
@@ -126,8 +127,9 @@ class CacheResponder:
         receive = replay(raw, receive)
         if key is None or not (request_controls.lookup or request_controls.store):
             self.info["cache"] = "bypass"
-            await self.middleware.app(scope, receive, ResponseCapture(
-                send, kind=self.kind, stream=is_stream(body), outcome="bypass", store=None))
+            capture = ResponseCapture(send, kind=self.kind, stream=is_stream(body), outcome="bypass", store=None)
+            await self.middleware.app(scope, receive, capture)
+            await capture.finish()
             return
         await self._cached(scope, receive, send, body, key, request_controls)
 
@@ -139,7 +141,11 @@ class CacheResponder:
         namespace = controls.namespace(scope, configured=self.settings.namespace,
                                        header_allowed=self.settings.allow_namespace_header)
         tenant = self.cache.tenant(api_key=controls.api_key(scope), namespace=namespace)
-        return make_key(self.kind, body, tenant=tenant)
+        self.shared = namespace is not None
+        try:
+            return make_key(self.kind, body, tenant=tenant)
+        except RecursionError as exc:  # parsed, but too deep to serialize again at this depth of the stack
+            raise RequestError("The JSON body of your request is nested too deeply.", code="invalid_json") from exc
 
     async def _cached(self, scope: Scope, receive: Receive, send: Send, body: JSON, key: CacheKey,
                       request_controls: Controls) -> None:
@@ -172,6 +178,7 @@ class CacheResponder:
         capture = ResponseCapture(send, kind=self.kind, stream=is_stream(body), outcome=outcome,
                                   store=store if request_controls.store else None, headers=headers)
         await self.middleware.app(scope, receive, capture)
+        await capture.finish()
 
     async def _send_hit(self, send: Send, body: JSON, hit: CacheHit) -> None:
         self.info.update(cache=hit.tier, similarity=hit.similarity)

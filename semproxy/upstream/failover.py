@@ -23,6 +23,7 @@ import httpx
 
 from semproxy.errors import HTTPError, ModelNotFound, NoUpstreamAvailable, UpstreamError
 from semproxy.middleware.asgi import JSON_HEADERS, RawHeaders, Receive, Scope, Send, request_info, send_response
+from semproxy.openai import BadJSON, loads
 from semproxy.upstream.relay import map_httpx_error, relay, response_headers, until_disconnect
 from semproxy.upstream.routing import Upstream
 
@@ -188,7 +189,7 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
     if _OBJECT_START.match(body) is None:
         return None
     try:
-        parsed = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        parsed = loads(body)
+    except BadJSON:
         return None
     return parsed if isinstance(parsed, dict) else None
