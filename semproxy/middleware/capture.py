@@ -122,7 +122,7 @@ class ResponseCapture:
         start, self._held = self._held, None
         response = self._parsed()
         if response is None:
-            await self._refuse(start, "The upstream answered with something that is not a complete "
+            await self._refuse(start, "The upstream answered 2xx with something that is not a whole "
                                       f"{'embedding list' if self._kind == 'embedding' else 'completion'}.")
             return
         content_type = dict((k.lower(), v.lower()) for k, v in start["headers"]).get(b"content-type", b"")
