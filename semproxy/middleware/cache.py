@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +36,7 @@ from semproxy.middleware.asgi import (
     send_response,
 )
 from semproxy.middleware.capture import ResponseCapture
+from semproxy.middleware.timing_mask import LatencySamples
 from semproxy.openai import JSON, Kind, is_stream, parse_body, replay_stream, wants_usage_chunk
 
 log = logging.getLogger("semproxy.cache")
@@ -71,6 +73,7 @@ class SemanticCacheMiddleware:
         self.cache = cache
         self.routes = dict(routes)
         self.flights = SingleFlight()
+        self.latencies = LatencySamples()  # for mask_hit_timing
         self._starting: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -114,6 +117,7 @@ class CacheResponder:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.info = request_info(scope)
+        self.started = time.perf_counter()
         try:
             raw = await read_body(receive, limit=self.settings.max_body_bytes,
                                   declared=header(scope, b"content-length"))
@@ -179,8 +183,17 @@ class CacheResponder:
                                   store=store if request_controls.store else None, headers=headers)
         await self.middleware.app(scope, receive, capture)
         await capture.finish()
+        if self.settings.mask_hit_timing and capture.status is not None and 200 <= capture.status < 300:
+            stream = is_stream(body)
+            end = capture.first_byte_at if stream else time.perf_counter()
+            if end is not None:
+                self.middleware.latencies.observe(stream=stream, seconds=end - self.started)
 
     async def _send_hit(self, send: Send, body: JSON, hit: CacheHit) -> None:
+        if self.settings.mask_hit_timing and self.shared:  # look like a miss (see timing_mask.py)
+            wait = self.middleware.latencies.draw(stream=is_stream(body)) - (time.perf_counter() - self.started)
+            if wait > 0:
+                await asyncio.sleep(wait)
         self.info.update(cache=hit.tier, similarity=hit.similarity)
         headers = [(b"x-semproxy-cache", hit.tier.encode())]
         if hit.similarity is not None:

@@ -52,6 +52,7 @@ class ResponseCapture:
         self._body = bytearray()
         self._parser = SSEParser()
         self._assembler = StreamAssembler(kind)
+        self.status: int | None = None  # the status the client got
         self.first_byte_at: float | None = None  # perf_counter() when the first body byte went out
 
     async def __call__(self, message: Message) -> None:
@@ -74,6 +75,7 @@ class ResponseCapture:
             self.first_byte_at = time.perf_counter()
 
     async def _start(self, message: Message) -> None:
+        self.status = int(message["status"])
         headers = list(message.get("headers", []))
         headers.append((b"x-semproxy-cache", self._outcome.encode()))
         headers.extend(self._headers)
@@ -145,6 +147,7 @@ class ResponseCapture:
         body = error.body()
         ours: RawHeaders = [(k, v) for k, v in start["headers"] if k.lower().startswith(b"x-semproxy-")]
         headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *ours]
+        self.status = error.status
         await self._send({"type": "http.response.start", "status": error.status, "headers": headers})
         await self._relay({"type": "http.response.body", "body": body, "more_body": False})
 
