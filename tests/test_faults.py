@@ -23,7 +23,7 @@ def fault_settings(data_dir: Path, fault_url: str) -> Settings:
     return Settings(
         data_dir=data_dir, compression_enabled=False, semantic_enabled=False, verify_hits=False,
         breaker_failures=1_000_000,  # every fault must reach the upstream, not a resting circuit
-        upstreams=(UpstreamConfig(name="fault", url=fault_url, models=("fault-*",), read_timeout=0.3),
+        upstreams=(UpstreamConfig(name="fault", url=fault_url, models=("fault-*",), read_timeout=0.6),
                    UpstreamConfig(name="dead", url=f"http://127.0.0.1:{free_port()}/v1", models=("refused-*",))),
     )
 
