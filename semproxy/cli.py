@@ -87,8 +87,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if settings.upstreams and args.upstream:
         print("semproxy: --upstream is ignored: [[upstreams]] tables are configured", file=sys.stderr)
     print(f"semproxy: forwarding to {targets}; data in {settings.data_dir}", file=sys.stderr)
+    # Idle client connections stay open 75 s (uvicorn's default is 5 s, the very expiry of httpx's pool, which
+    # the OpenAI SDKs use: a client reusing a connection as the server closes it gets a connection error).
     uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False, lifespan="on", timeout_graceful_shutdown=30)
+                access_log=False, lifespan="on", timeout_graceful_shutdown=30, timeout_keep_alive=75)
     return 0
 
 

@@ -33,6 +33,9 @@ class FaultUpstream:
         self.requests = 0  # requests received (in any mode)
         self.answered = 0  # requests answered in mode "ok"
         self.open_connections = 0
+        # Close a kept-alive connection when its next request arrives, unanswered: what a server does when
+        # its keep-alive timeout fires just as the client reuses the connection.
+        self.drop_reused = False
         self.loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -70,8 +73,9 @@ class FaultUpstream:
         self._connections.add(task)
         self.open_connections += 1
         try:
-            while await self._one_request(reader, writer):
-                pass
+            served = 0
+            while await self._one_request(reader, writer, reused=served > 0):
+                served += 1
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass
         finally:
@@ -81,9 +85,12 @@ class FaultUpstream:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                           reused: bool) -> bool:
         """Serve one request; False when the connection is to be closed."""
         head = await reader.readuntil(b"\r\n\r\n")
+        if reused and self.drop_reused:
+            return False
         length = 0
         for line in head.split(b"\r\n")[1:]:
             name, _, value = line.partition(b":")

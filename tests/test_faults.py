@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from semproxy.app import build_app, build_cache
@@ -58,3 +59,15 @@ def test_faults_leak_no_descriptor_or_connection(tmp_path: Path, faults: FaultUp
         assert open_sockets() <= sockets + 2, "sockets leaked"  # a keep-alive connection may come and go
         assert open_fds() <= fds + 2, "file descriptors leaked"
         assert faults.open_connections <= upstream_connections + 2  # idle keep-alive connections, no more
+
+
+def test_a_kept_alive_connection_the_upstream_just_closed_is_retried_on_a_new_one(tmp_path: Path,
+                                                                                  faults: FaultUpstream) -> None:
+    settings = fault_settings(tmp_path / "data", faults.url)
+    faults.drop_reused = True
+    with ThreadServer(build_app(settings, cache=build_cache(settings))) as proxy, httpx.Client(timeout=10) as client:
+        for i in range(3):  # each request after the first finds its pooled connection closed under it
+            body = {"model": "fault-model", "messages": [{"role": "user", "content": f"question {i}"}]}
+            response = client.post(proxy.url + "/v1/chat/completions", json=body)
+            assert response.status_code == 200, response.text
+    assert faults.answered == 3

@@ -93,7 +93,7 @@ class Failover:
         settled = False
         try:
             try:
-                response = await self.proxy.transport.handle_async_request(request)
+                response = await self._send(request, upstream)
             except httpx.TransportError as exc:
                 settled = True
                 self._transport_failed(upstream, exc, began)
@@ -106,6 +106,22 @@ class Failover:
         finally:
             if not settled:  # cancelled (the client left) before a verdict: another request may probe
                 upstream.breaker.release()
+
+    async def _send(self, request: httpx.Request, upstream: Upstream) -> httpx.Response:
+        """Send once; again on a new connection if a kept-alive one was closed under the request.
+
+        A server whose keep-alive timeout fires just as the pool reuses the connection closes it without
+        reading the request ("Server disconnected without sending a response", or a reset). The request never
+        reached the application, and the pool has discarded the connection: one more try is safe.
+        """
+        try:
+            return await self.proxy.transport.handle_async_request(request)
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            if not self.replayable:
+                raise
+            log.info("upstream %s closed a connection under the request (%s); sending it again",
+                     upstream.name, type(exc).__name__)
+            return await self.proxy.transport.handle_async_request(self._request(upstream))
 
     def _transport_failed(self, upstream: Upstream, exc: httpx.TransportError, began: float) -> None:
         upstream.breaker.failed()

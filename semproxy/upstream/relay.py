@@ -25,7 +25,7 @@ def map_httpx_error(exc: httpx.TransportError) -> UpstreamError:
     """The one place where httpx's errors become semproxy's."""
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamTimeout(f"The upstream did not answer in time ({type(exc).__name__}).", code="upstream_timeout")
-    return UpstreamUnreachable(f"The upstream could not be reached: {str(exc) or type(exc).__name__}.",
+    return UpstreamUnreachable(f"The upstream could not be reached: {str(exc).rstrip('.') or type(exc).__name__}.",
                                code="upstream_unreachable")
 
 
