@@ -87,6 +87,7 @@ def main() -> None:
             report = run_faults(url, upstream, rounds=rounds, tag="bench")
             seconds = time.monotonic() - started
             after = settle(proxy.pid)
+            time.sleep(1.5)  # a trickling handler notices the proxy hung up only when it writes its next byte
             upstream_after = upstream.open_connections
             alive = proxy.poll() is None
         with sqlite3.connect(data / "cache.sqlite3") as db:
