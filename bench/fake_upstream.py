@@ -4,15 +4,18 @@ Raw ASGI under uvicorn (httptools, keep-alive), so the upstream itself costs as 
 Answers POST /v1/chat/completions (JSON, or SSE with "stream": true), POST /v1/embeddings, GET /v1/models.
 
     .venv/bin/python bench/fake_upstream.py --port 18080      # base URL http://127.0.0.1:18080/v1
+    .venv/bin/python bench/fake_upstream.py --delay-ms 50     # completions take 50 ms, like a fast model
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import time
 from typing import Any
 
+DELAY = {"seconds": 0.0}  # set by --delay-ms
 _JSON = [(b"content-type", b"application/json")]
 _SSE = [(b"content-type", b"text/event-stream")]
 
@@ -48,6 +51,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if not message.get("more_body"):
             break
     status, headers, body = _answer(scope["method"], scope["path"], raw)
+    if DELAY["seconds"] and scope["path"].endswith("completions"):
+        await asyncio.sleep(DELAY["seconds"])
     await send({"type": "http.response.start", "status": status,
                 "headers": [*headers, (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
@@ -73,7 +78,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=18080)
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="time a completion takes")
     args = parser.parse_args()
+    DELAY["seconds"] = args.delay_ms / 1000
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False, lifespan="off")
 
 

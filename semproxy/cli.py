@@ -62,11 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     cache_commands = cache.add_subparsers(required=True, metavar="ACTION")
     clear = cache_commands.add_parser("clear", help="remove cached entries")
     _common(clear)
-    clear.add_argument("--namespace", help="only this shared namespace's entries")
+    which = clear.add_mutually_exclusive_group()
+    which.add_argument("--namespace", help="only this shared namespace's entries")
+    which.add_argument("--tenant", metavar="API_KEY_OR_HASH",
+                       help="erase one tenant: its entries and its request-log rows (an API key, or its hash)")
     clear.set_defaults(handler=_cache_clear)
     info = cache_commands.add_parser("info", help="count cached entries")
     _common(info)
     info.set_defaults(handler=_cache_info)
+    check = cache_commands.add_parser("check", help="verify the data dir: SQLite integrity, whole entries, index")
+    _common(check)
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.set_defaults(handler=_cache_check)
     return parser
 
 
@@ -91,8 +98,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if settings.upstreams and args.upstream:
         print("semproxy: --upstream is ignored: [[upstreams]] tables are configured", file=sys.stderr)
     print(f"semproxy: forwarding to {targets}; data in {settings.data_dir}", file=sys.stderr)
+    # Idle client connections stay open 75 s (uvicorn's default is 5 s, the very expiry of httpx's pool, which
+    # the OpenAI SDKs use: a client reusing a connection as the server closes it gets a connection error).
     uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False, lifespan="on", timeout_graceful_shutdown=30)
+                access_log=False, lifespan="on", timeout_graceful_shutdown=30, timeout_keep_alive=75)
     return 0
 
 
@@ -179,11 +188,43 @@ def _cache_clear(settings: Settings, args: argparse.Namespace) -> int:
     from semproxy.cache.store import SqliteStore
 
     store = SqliteStore(settings.db_path)
+    if args.tenant is not None:
+        return _erase_tenant(settings, store.salt, args.tenant)
     tenant = None if args.namespace is None else tenant_id(api_key=None, namespace=args.namespace, salt=store.salt)
     removed = store.clear(tenant=tenant)
     where = "" if args.namespace is None else f" from namespace {args.namespace!r}"
     print(f"removed {len(removed)} entries{where}")
     return 0
+
+
+def _erase_tenant(settings: Settings, salt: bytes, who: str) -> int:
+    from semproxy.cache.maintenance import erase, tenant_hashes
+
+    tenants = tenant_hashes(who.strip(), salt)
+    entries = erase(settings.db_path, "entries", tenants)
+    rows = erase(settings.stats_path, "requests", tenants)
+    print(f"removed {entries} entries and {rows} request-log rows of the tenant")
+    return 0
+
+
+def _cache_check(settings: Settings, args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from semproxy.cache.maintenance import check
+
+    report = check(settings)
+    if args.json:
+        print(json.dumps({**dataclasses.asdict(report), "ok": report.ok}, indent=2))
+    else:
+        print(f"{report.entries} entries, {report.exact_keys} exact keys, {report.vectors} vectors, "
+              f"{report.indexed} indexed, {report.searched} found again by search")
+        for name, verdict in report.files.items():
+            print(f"{name}: integrity {verdict}")
+        for problem in report.problems:
+            print(f"PROBLEM: {problem}")
+        print("ok" if report.ok else f"{len(report.problems)} problem(s)")
+    return 0 if report.ok else 1
 
 
 def _cache_info(settings: Settings, _: argparse.Namespace) -> int:

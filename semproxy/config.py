@@ -60,6 +60,7 @@ class Settings:
     max_temperature: float = 1.0
     namespace: str | None = None
     allow_namespace_header: bool = True
+    mask_hit_timing: bool = False  # delay hits in shared namespaces like misses (see middleware/timing_mask.py)
     embed_batch_size: int = 64
     large_scope_entries: int = 20_000
 

@@ -39,11 +39,30 @@ _TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer", float: "a 
                dict: "an object"}
 
 
+class BadJSON(ValueError):
+    """Bytes that are not JSON, or JSON Python cannot hold (nested too deeply, an integer too long)."""
+
+
+def loads(raw: bytes | str) -> Any:
+    """`json.loads` for bytes from the network: every way it can fail becomes `BadJSON`.
+
+    Besides JSONDecodeError, the standard parser raises UnicodeDecodeError (invalid UTF-8), RecursionError
+    (nesting deeper than the interpreter's recursion limit, about 1,000 levels) and a plain ValueError
+    (an integer of more than 4,300 digits); each must end as a 400, not a 500.
+    """
+    try:
+        return json.loads(raw)
+    except RecursionError as exc:
+        raise BadJSON("the JSON is nested too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
+        raise BadJSON(str(exc)) from exc
+
+
 def parse_body(kind: Kind, raw: bytes) -> JSON:
     """Decode and type-check a request body; raise RequestError (400) with OpenAI's wording if it is wrong."""
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        body = loads(raw)
+    except BadJSON as exc:
         raise RequestError(f"We could not parse the JSON body of your request: {exc}.", code="invalid_json") from exc
     if not isinstance(body, dict):
         raise RequestError("The request body must be a JSON object.", code="invalid_json")
@@ -202,8 +221,8 @@ class StreamAssembler:
             self.done = True
             return
         try:
-            chunk = json.loads(data)
-        except json.JSONDecodeError:
+            chunk = loads(data)
+        except BadJSON:
             self.failed = True
             return
         if not isinstance(chunk, dict) or "error" in chunk:

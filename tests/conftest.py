@@ -74,9 +74,10 @@ async def make_proxy(upstream: FakeOpenAI, embedder: HashingEmbedder, settings: 
     started: list[tuple[SemanticCache, httpx.AsyncClient]] = []
 
     async def make(*, settings: Settings = settings, embedder: HashingEmbedder | None = embedder,
-                   start: bool = True, compression: object = None, **cache_options: object) -> Proxy:
+                   start: bool = True, compression: object = None, transport: httpx.AsyncBaseTransport | None = None,
+                   **cache_options: object) -> Proxy:
         cache = build_cache(settings, load_embedder=(lambda: embedder) if embedder else None, **cache_options)
-        app = build_app(settings, transport=upstream.transport(), cache=cache, compression=compression)
+        app = build_app(settings, transport=transport or upstream.transport(), cache=cache, compression=compression)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://semproxy.test")
         if start:
             await cache.start()

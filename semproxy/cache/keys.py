@@ -79,6 +79,8 @@ def uncacheable_reason(body: JSON, *, max_temperature: float) -> str | None:
     if isinstance(n, int) and n > 1:
         return "n>1"
     temperature = body.get("temperature")
-    if (1.0 if temperature is None else float(temperature)) > max_temperature:
-        return "temperature"
-    return None
+    try:
+        hot = (1.0 if temperature is None else float(temperature)) > max_temperature
+    except OverflowError:  # an integer too large for a float is hot enough
+        hot = True
+    return "temperature" if hot else None

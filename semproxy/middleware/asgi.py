@@ -30,9 +30,15 @@ def route_path(scope: Scope) -> str:
     return path[len(root):] if root and path.startswith(root) else path
 
 
+def declared_over(declared: str | None, limit: int) -> bool:
+    """Whether a Content-Length header announces more than `limit` bytes (ASCII digits only: "²" is a
+    digit to `str.isdigit` but not to `int`)."""
+    return declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit
+
+
 async def read_body(receive: Receive, *, limit: int, declared: str | None) -> bytes:
     """Read the whole request body, refusing (413) anything over `limit` bytes before reading it all."""
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared_over(declared, limit):
         raise BodyTooLarge(f"Request body is {declared} bytes; the limit is {limit} bytes.", code="body_too_large")
     chunks: list[bytes] = []
     size = 0

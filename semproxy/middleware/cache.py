@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +18,7 @@ from semproxy.cache.records import CacheHit, CacheKey, Controls, Lookup
 from semproxy.cache.service import SemanticCache
 from semproxy.cache.singleflight import SingleFlight
 from semproxy.config import Settings
-from semproxy.errors import HTTPError
+from semproxy.errors import HTTPError, RequestError
 from semproxy.middleware import controls
 from semproxy.middleware.asgi import (
     JSON_HEADERS,
@@ -35,6 +36,7 @@ from semproxy.middleware.asgi import (
     send_response,
 )
 from semproxy.middleware.capture import ResponseCapture
+from semproxy.middleware.timing_mask import LatencySamples
 from semproxy.openai import JSON, Kind, is_stream, parse_body, replay_stream, wants_usage_chunk
 
 log = logging.getLogger("semproxy.cache")
@@ -71,6 +73,7 @@ class SemanticCacheMiddleware:
         self.cache = cache
         self.routes = dict(routes)
         self.flights = SingleFlight()
+        self.latencies = LatencySamples()  # for mask_hit_timing
         self._starting: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -110,9 +113,11 @@ class CacheResponder:
         self.cache = middleware.cache
         self.settings = middleware.settings
         self.kind = kind
+        self.shared = False  # whether the request reads a shared namespace
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.info = request_info(scope)
+        self.started = time.perf_counter()
         try:
             raw = await read_body(receive, limit=self.settings.max_body_bytes,
                                   declared=header(scope, b"content-length"))
@@ -126,8 +131,9 @@ class CacheResponder:
         receive = replay(raw, receive)
         if key is None or not (request_controls.lookup or request_controls.store):
             self.info["cache"] = "bypass"
-            await self.middleware.app(scope, receive, ResponseCapture(
-                send, kind=self.kind, stream=is_stream(body), outcome="bypass", store=None))
+            capture = ResponseCapture(send, kind=self.kind, stream=is_stream(body), outcome="bypass", store=None)
+            await self.middleware.app(scope, receive, capture)
+            await capture.finish()
             return
         await self._cached(scope, receive, send, body, key, request_controls)
 
@@ -139,7 +145,11 @@ class CacheResponder:
         namespace = controls.namespace(scope, configured=self.settings.namespace,
                                        header_allowed=self.settings.allow_namespace_header)
         tenant = self.cache.tenant(api_key=controls.api_key(scope), namespace=namespace)
-        return make_key(self.kind, body, tenant=tenant)
+        self.shared = namespace is not None
+        try:
+            return make_key(self.kind, body, tenant=tenant)
+        except RecursionError as exc:  # parsed, but too deep to serialize again at this depth of the stack
+            raise RequestError("The JSON body of your request is nested too deeply.", code="invalid_json") from exc
 
     async def _cached(self, scope: Scope, receive: Receive, send: Send, body: JSON, key: CacheKey,
                       request_controls: Controls) -> None:
@@ -172,8 +182,18 @@ class CacheResponder:
         capture = ResponseCapture(send, kind=self.kind, stream=is_stream(body), outcome=outcome,
                                   store=store if request_controls.store else None, headers=headers)
         await self.middleware.app(scope, receive, capture)
+        await capture.finish()
+        if self.settings.mask_hit_timing and capture.status is not None and 200 <= capture.status < 300:
+            stream = is_stream(body)
+            end = capture.first_byte_at if stream else time.perf_counter()
+            if end is not None:
+                self.middleware.latencies.observe(stream=stream, seconds=end - self.started)
 
     async def _send_hit(self, send: Send, body: JSON, hit: CacheHit) -> None:
+        if self.settings.mask_hit_timing and self.shared:  # look like a miss (see timing_mask.py)
+            wait = self.middleware.latencies.draw(stream=is_stream(body)) - (time.perf_counter() - self.started)
+            if wait > 0:
+                await asyncio.sleep(wait)
         self.info.update(cache=hit.tier, similarity=hit.similarity)
         headers = [(b"x-semproxy-cache", hit.tier.encode())]
         if hit.similarity is not None:

@@ -1,26 +1,42 @@
 """Tee an upstream answer to the client while rebuilding it for the cache.
 
-Chunks go to the client the moment they arrive. The answer is stored only when it ended cleanly, and
-it is committed *before* the client sees the end of it (the `[DONE]` event, or the last byte of a JSON
-body): an answer a client received in full is never missing from the cache after a crash.
+Stream chunks go to the client the moment they arrive. A non-stream 2xx answer on a cached route is held
+until it is complete (a JSON completion is of no use to a client before its last byte anyway) and checked:
+if it is not a completion, or the upstream broke off before its end, the client gets a 502 in OpenAI's
+shape instead of a body it cannot parse. An answer is stored only when it ended cleanly (a stream: with
+`data: [DONE]`), and it is committed *before* the client sees the end of it, so an answer a client
+received in full is never missing from the cache after a crash.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
-from semproxy.middleware.asgi import Message, Send
-from semproxy.openai import Kind, SSEParser, StreamAssembler, is_complete_response
+from semproxy.errors import UpstreamError
+from semproxy.middleware.asgi import JSON_HEADERS, Message, RawHeaders, Send
+from semproxy.openai import BadJSON, Kind, SSEParser, StreamAssembler, is_complete_response, loads
 
 log = logging.getLogger("semproxy.cache")
 
 Store = Callable[[bytes], Awaitable[object]]
+# A held (non-stream) answer larger than this is relayed as it comes, unchecked and unstored.
+HOLD_LIMIT = 64 * 1024 * 1024
+
+
+class InvalidAnswer(UpstreamError):
+    """The upstream answered 2xx with something that is not a whole completion."""
+
+    status = 502
 
 
 class ResponseCapture:
-    """A `send` wrapper: adds the cache header, relays every message, stores a complete 2xx answer."""
+    """A `send` wrapper: adds the cache header, relays every message, stores a complete 2xx answer.
+
+    Call `finish()` once the wrapped app returned: it answers 502 if a held answer never completed.
+    """
 
     def __init__(self, send: Send, *, kind: Kind, stream: bool, outcome: str, store: Store | None,
                  headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -31,58 +47,115 @@ class ResponseCapture:
         self._outcome = outcome
         self._store = store
         self._capturing = False
+        self._held: Message | None = None  # the start message of a non-stream answer being held
         self._stored = False
         self._body = bytearray()
         self._parser = SSEParser()
         self._assembler = StreamAssembler(kind)
+        self.status: int | None = None  # the status the client got
+        self.first_byte_at: float | None = None  # perf_counter() when the first body byte went out
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             await self._start(message)
+        elif message["type"] == "http.response.body" and self._held is not None:
+            await self._hold(message)
         elif message["type"] == "http.response.body" and self._capturing:
-            await self._body_chunk(message)
+            await self._stream_chunk(message)
         else:
-            await self._send(message)
+            await self._relay(message)
+
+    async def _relay(self, message: Message) -> None:
+        if message["type"] == "http.response.body":
+            self._note_body(message)
+        await self._send(message)
+
+    def _note_body(self, message: Message) -> None:
+        if message.get("body") and self.first_byte_at is None:
+            self.first_byte_at = time.perf_counter()
 
     async def _start(self, message: Message) -> None:
+        self.status = int(message["status"])
         headers = list(message.get("headers", []))
-        self._capturing = self._store is not None and self._storable(message["status"], headers)
         headers.append((b"x-semproxy-cache", self._outcome.encode()))
         headers.extend(self._headers)
-        await self._send({**message, "headers": headers})
-
-    def _storable(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
-        values = {k.lower(): v.lower() for k, v in headers}
-        if not 200 <= status < 300 or values.get(b"content-encoding", b"identity") != b"identity":
-            return False
+        message = {**message, "headers": headers}
+        status, values = message["status"], {k.lower(): v.lower() for k, v in headers}
+        identity = values.get(b"content-encoding", b"identity") == b"identity"
+        if not self._stream and 200 <= status < 300 and identity:
+            self._held = message
+            return
         content_type = values.get(b"content-type", b"")
-        return b"text/event-stream" in content_type if self._stream else b"json" in content_type
-
-    async def _body_chunk(self, message: Message) -> None:
-        chunk: bytes = message.get("body", b"")
-        last = not message.get("more_body", False)
-        if self._stream:
-            for data in self._parser.feed(chunk):
-                self._assembler.feed(data)
-            if self._assembler.done or last:
-                await self._store_once(self._assembled())
-        else:
-            self._body += chunk
-            if last:
-                await self._store_once(self._parsed())
+        self._capturing = (self._store is not None and 200 <= status < 300 and identity
+                           and self._stream and b"text/event-stream" in content_type)
         await self._send(message)
+
+    # ---------------------------------------------------------------- streams
+
+    async def _stream_chunk(self, message: Message) -> None:
+        chunk: bytes = message.get("body", b"")
+        for data in self._parser.feed(chunk):
+            self._assembler.feed(data)
+        if self._assembler.done:
+            await self._store_once(self._assembled())
+        elif not message.get("more_body", False) and not self._stored:
+            log.debug("stream not stored: it ended without [DONE]")
+        await self._relay(message)
 
     def _assembled(self) -> bytes | None:
         response = self._assembler.result()
         return None if response is None else json.dumps(response, separators=(",", ":")).encode()
 
+    # ---------------------------------------------------------------- held answers
+
+    async def _hold(self, message: Message) -> None:
+        assert self._held is not None
+        self._body += message.get("body", b"")
+        if not message.get("more_body", False):
+            await self._release()
+        elif len(self._body) > HOLD_LIMIT:  # too big to be a completion we would check: pass it on
+            start, self._held = self._held, None
+            await self._send(start)
+            await self._relay({"type": "http.response.body", "body": bytes(self._body), "more_body": True})
+            self._body = bytearray()
+
+    async def _release(self) -> None:
+        assert self._held is not None
+        start, self._held = self._held, None
+        response = self._parsed()
+        if response is None:
+            await self._refuse(start, "The upstream answered 2xx with something that is not a whole "
+                                      f"{'embedding list' if self._kind == 'embedding' else 'completion'}.")
+            return
+        content_type = dict((k.lower(), v.lower()) for k, v in start["headers"]).get(b"content-type", b"")
+        if self._store is not None and b"json" in content_type:
+            await self._store_once(response)
+        await self._send(start)
+        await self._relay({"type": "http.response.body", "body": response, "more_body": False})
+
     def _parsed(self) -> bytes | None:
         """The upstream's own bytes, once they proved to be a complete answer."""
         try:
-            response = json.loads(self._body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            response = loads(bytes(self._body))
+        except BadJSON:
             return None
         return bytes(self._body) if is_complete_response(self._kind, response) else None
+
+    async def _refuse(self, start: Message, reason: str) -> None:
+        log.warning("answering 502: %s (%d bytes received)", reason, len(self._body))
+        error = InvalidAnswer(reason, code="upstream_invalid_response")
+        body = error.body()
+        ours: RawHeaders = [(k, v) for k, v in start["headers"] if k.lower().startswith(b"x-semproxy-")]
+        headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *ours]
+        self.status = error.status
+        await self._send({"type": "http.response.start", "status": error.status, "headers": headers})
+        await self._relay({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def finish(self) -> None:
+        """The app returned: a held answer that never completed (the upstream broke off) becomes a 502."""
+        if self._held is not None:
+            start, self._held = self._held, None
+            await self._refuse(start, "The upstream broke off before the end of its answer.")
 
     async def _store_once(self, response: bytes | None) -> None:
         if self._stored or self._store is None:

@@ -27,6 +27,7 @@ from semproxy.middleware.asgi import (
     request_info,
     route_path,
 )
+from semproxy.openai import BadJSON, loads
 
 DEFAULT_ROUTES: Mapping[str, str] = {"/v1/chat/completions": "chat", "/v1/responses": "responses"}
 PREAMBLE_ROLES = frozenset({"system", "developer"})
@@ -81,8 +82,8 @@ class CompressionMiddleware:
 def _json_object(raw: bytes) -> dict[str, Any] | None:
     """The body if it is a JSON object; anything else goes on untouched (the upstream will judge it)."""
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        body = loads(raw)
+    except BadJSON:
         return None
     return body if isinstance(body, dict) else None
 

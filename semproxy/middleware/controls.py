@@ -7,6 +7,7 @@ from semproxy.errors import RequestError
 from semproxy.middleware.asgi import Scope, header
 
 MAX_NAMESPACE_LENGTH = 256
+MAX_TTL_SECONDS = 10**10
 
 
 def read_controls(scope: Scope) -> Controls:
@@ -37,9 +38,11 @@ def _threshold(raw: str | None) -> float | None:
 def _ttl(raw: str | None) -> int | None:
     if raw is None:
         return None
-    if not raw.strip().isdigit() or int(raw) <= 0:
-        raise RequestError("X-Semproxy-TTL must be a positive whole number of seconds.", code="invalid_header",
-                           param="X-Semproxy-TTL")
+    raw = raw.strip()
+    # ASCII digits only ("²".isdigit() is true, int("²") fails), and at most about 300 years.
+    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= MAX_TTL_SECONDS:
+        raise RequestError(f"X-Semproxy-TTL must be a whole number of seconds from 1 to {MAX_TTL_SECONDS}.",
+                           code="invalid_header", param="X-Semproxy-TTL")
     return int(raw)
 
 

@@ -23,6 +23,7 @@ import httpx
 
 from semproxy.errors import HTTPError, ModelNotFound, NoUpstreamAvailable, UpstreamError
 from semproxy.middleware.asgi import JSON_HEADERS, RawHeaders, Receive, Scope, Send, request_info, send_response
+from semproxy.openai import BadJSON, loads
 from semproxy.upstream.relay import map_httpx_error, relay, response_headers, until_disconnect
 from semproxy.upstream.routing import Upstream
 
@@ -92,7 +93,7 @@ class Failover:
         settled = False
         try:
             try:
-                response = await self.proxy.transport.handle_async_request(request)
+                response = await self._send(request, upstream)
             except httpx.TransportError as exc:
                 settled = True
                 self._transport_failed(upstream, exc, began)
@@ -105,6 +106,22 @@ class Failover:
         finally:
             if not settled:  # cancelled (the client left) before a verdict: another request may probe
                 upstream.breaker.release()
+
+    async def _send(self, request: httpx.Request, upstream: Upstream) -> httpx.Response:
+        """Send once; again on a new connection if a kept-alive one was closed under the request.
+
+        A server whose keep-alive timeout fires just as the pool reuses the connection closes it without
+        reading the request ("Server disconnected without sending a response", or a reset). The request never
+        reached the application, and the pool has discarded the connection: one more try is safe.
+        """
+        try:
+            return await self.proxy.transport.handle_async_request(request)
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            if not self.replayable:
+                raise
+            log.info("upstream %s closed a connection under the request (%s); sending it again",
+                     upstream.name, type(exc).__name__)
+            return await self.proxy.transport.handle_async_request(self._request(upstream))
 
     def _transport_failed(self, upstream: Upstream, exc: httpx.TransportError, began: float) -> None:
         upstream.breaker.failed()
@@ -188,7 +205,7 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
     if _OBJECT_START.match(body) is None:
         return None
     try:
-        parsed = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        parsed = loads(body)
+    except BadJSON:
         return None
     return parsed if isinstance(parsed, dict) else None

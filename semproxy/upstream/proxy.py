@@ -13,7 +13,16 @@ from typing import Any
 
 import httpx
 
-from semproxy.middleware.asgi import JSON_HEADERS, RawHeaders, Receive, Scope, Send, header, send_response
+from semproxy.middleware.asgi import (
+    JSON_HEADERS,
+    RawHeaders,
+    Receive,
+    Scope,
+    Send,
+    declared_over,
+    header,
+    send_response,
+)
 from semproxy.upstream.failover import Failover
 from semproxy.upstream.models import union_of_models
 from semproxy.upstream.relay import HOP_BY_HOP, until_disconnect
@@ -97,7 +106,7 @@ class UpstreamProxy:
 async def _buffer_or_stream(receive: Receive, *, limit: int, declared: str | None,
                             chunked: bool) -> bytes | AsyncIterator[bytes] | None:
     """The whole body if it is at most `limit` bytes; otherwise a stream of it (what was read, then the rest)."""
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared_over(declared, limit):
         return _body_stream(receive, [])
     if declared is None and not chunked:
         return None

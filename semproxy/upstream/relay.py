@@ -25,7 +25,7 @@ def map_httpx_error(exc: httpx.TransportError) -> UpstreamError:
     """The one place where httpx's errors become semproxy's."""
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamTimeout(f"The upstream did not answer in time ({type(exc).__name__}).", code="upstream_timeout")
-    return UpstreamUnreachable(f"The upstream could not be reached: {exc or type(exc).__name__}.",
+    return UpstreamUnreachable(f"The upstream could not be reached: {str(exc).rstrip('.') or type(exc).__name__}.",
                                code="upstream_unreachable")
 
 
@@ -38,12 +38,25 @@ async def relay(response: httpx.Response, send: Send, extra: RawHeaders) -> bool
     """Relay `response` chunk by chunk as it arrives; False if the upstream broke off mid-stream."""
     await send({"type": "http.response.start", "status": response.status_code,
                 "headers": response_headers(response, extra)})
+    events = "text/event-stream" in response.headers.get("content-type", "")
+    boundary = True  # whether what was sent so far ends between two server-sent events
     try:
         async for chunk in response.aiter_raw():
             if chunk:
+                boundary = chunk.endswith((b"\n\n", b"\r\n\r\n", b"\r\r"))
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except httpx.TransportError as exc:
-        # Bytes already reached the client: the only honest signal left is to leave the response
+        if events and boundary:
+            # An event stream can still say what happened: an error event in OpenAI's shape (the SDKs raise
+            # it as an APIError), then a clean end. No layer above stores an answer without [DONE].
+            log.warning("upstream stream broke off (%s); ending it with an error event", type(exc).__name__)
+            error = map_httpx_error(exc) if isinstance(exc, httpx.TimeoutException) else UpstreamUnreachable(
+                f"The upstream broke off in the middle of its answer ({type(exc).__name__}).",
+                code="upstream_broke_off")
+            await send({"type": "http.response.body", "body": b"data: " + error.body() + b"\n\n",
+                        "more_body": False})
+            return False
+        # Halfway through an event or a body: the only honest signal left is to leave the response
         # unfinished, so the server closes the connection (and no layer above stores half an answer).
         log.warning("upstream stream broke off (%s); closing the client connection", type(exc).__name__)
         return False

@@ -1,0 +1,186 @@
+"""Soak: mixed traffic at concurrency 64 for minutes, three processes on loopback.
+
+    fake upstream (bench/fake_upstream.py, 50 ms per completion)  <-  semproxy serve  <-  load generator
+
+The load: exact repeats, paraphrases (semantic lookups), new prompts (misses), streams (new and repeated),
+no-store requests and bad requests (400), from 8 tenants. semproxy runs with its defaults (real embedding
+model and hit verifier) except compression (off: its model would take a core of its own) and
+`max_entries` = 5,000, so the soak also runs LRU eviction and memory has a bound to settle at. Reported:
+requests and status counts per path, 5xx (semproxy's: the fake upstream never answers 5xx), p50/p95/p99
+latency per path, and resident memory of the semproxy process sampled every 5 s: growth after warm-up.
+
+    .venv/bin/python bench/soak_bench.py --seconds 600      # writes bench/results/soak_bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from tests.servers import free_port, semproxy_process  # noqa: E402
+
+CONCURRENCY = 64
+TENANTS = [f"sk-soak-{i}" for i in range(8)]
+TOPICS = ["python lists", "the french revolution", "photosynthesis", "sourdough bread", "tcp handshakes",
+          "black holes", "the stock market", "knitting a scarf", "rust ownership", "jazz harmony"]
+ASKS = ["Explain {} to a beginner.", "What should I know about {}?", "Give me three facts about {}.",
+        "Summarize {} in two sentences.", "Why do people care about {}?"]
+
+
+# ---------------------------------------------------------------- the load generator (its own process)
+
+
+class Load:
+    """Workers that each loop until the deadline, picking a path at random."""
+
+    def __init__(self, url: str, seconds: float, seed: int, *, warmup: float) -> None:
+        self.url, self.deadline = url, time.monotonic() + seconds
+        self.measure_from = time.monotonic() + warmup  # latencies count from here; statuses from the start
+        self.rng = random.Random(seed)
+        self.seen: list[tuple[str, str]] = []  # (key, prompt) answered once
+        self.latency: dict[str, list[float]] = defaultdict(list)
+        self.statuses: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.outcomes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.errors: dict[str, int] = defaultdict(int)
+        self.counter = 0
+
+    async def run(self) -> dict[str, Any]:
+        limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+        async with httpx.AsyncClient(base_url=self.url, timeout=120, limits=limits) as client:
+            await asyncio.gather(*(self._worker(client) for _ in range(CONCURRENCY)))
+        return {"latency_ms": {path: _percentiles(values) for path, values in sorted(self.latency.items())},
+                "statuses": self.statuses, "outcomes": self.outcomes, "client_errors": self.errors}
+
+    async def _worker(self, client: httpx.AsyncClient) -> None:
+        while time.monotonic() < self.deadline:
+            path, key, body, headers = self._pick()
+            started = time.perf_counter()
+            try:
+                response = await client.post("/v1/chat/completions", json=body,
+                                             headers={"authorization": f"Bearer {key}", **headers})
+                if body.get("stream") is True and response.status_code == 200 and \
+                        not response.text.rstrip().endswith("data: [DONE]"):
+                    self.errors["stream_without_done"] += 1
+            except httpx.HTTPError as exc:
+                self.errors[type(exc).__name__] += 1
+                continue
+            if time.monotonic() >= self.measure_from:
+                self.latency[path].append((time.perf_counter() - started) * 1000)
+            self.statuses[path][str(response.status_code)] += 1
+            self.outcomes[path][response.headers.get("x-semproxy-cache", "none")] += 1
+            if path in ("miss", "miss_stream") and response.status_code == 200:
+                self.seen.append((key, body["messages"][-1]["content"]))
+
+    def _pick(self) -> tuple[str, str, dict[str, Any], dict[str, str]]:
+        roll, key = self.rng.random(), self.rng.choice(TENANTS)
+        self.counter += 1
+        if roll < 0.08:
+            return "bad_request", key, {"model": "gpt-4o-mini", "messages": "not a list"}, {}
+        if roll < 0.45 and self.seen:
+            key, prompt = self.rng.choice(self.seen[-4000:])
+            stream = roll < 0.15
+            return ("hit_stream" if stream else "hit"), key, _chat(prompt, stream), {}
+        if roll < 0.55 and self.seen:
+            key, prompt = self.rng.choice(self.seen[-4000:])
+            return "paraphrase", key, _chat("Please, " + prompt.lower(), False), {}
+        if roll < 0.60:
+            return "no_store", key, _chat(self._new_prompt(), False), {"cache-control": "no-store"}
+        stream = roll < 0.72
+        return ("miss_stream" if stream else "miss"), key, _chat(self._new_prompt(), stream), {}
+
+    def _new_prompt(self) -> str:
+        ask, topic = self.rng.choice(ASKS), self.rng.choice(TOPICS)
+        return f"{ask.format(topic)} (case {self.counter}-{self.rng.randint(0, 10**9)})"
+
+
+def _chat(prompt: str, stream: bool) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}], "stream": stream,
+            "temperature": 0}
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+
+    def rank(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.5) - 1))], 2)
+
+    return {"count": len(ordered), "p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99),
+            "max": round(ordered[-1], 2)} if ordered else {"count": 0}
+
+
+# ---------------------------------------------------------------- the conductor
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=600)
+    parser.add_argument("--warmup", type=float, default=None, help="default: a tenth of the run, at least 30 s")
+    parser.add_argument("--role", choices=("conductor", "load"), default="conductor")
+    parser.add_argument("--url")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    if args.role == "load":
+        result = asyncio.run(Load(args.url, args.seconds, seed=7, warmup=args.warmup or 0.0).run())
+        Path(args.out).write_text(json.dumps(result))
+        return
+    warmup = args.warmup if args.warmup is not None else max(30.0, args.seconds / 10)
+    port = free_port()
+    upstream = subprocess.Popen([sys.executable, str(REPO / "bench" / "fake_upstream.py"), "--port", str(port),
+                                 "--delay-ms", "50"])
+    env = {"SEMPROXY_LOG_LEVEL": "error", "SEMPROXY_MAX_ENTRIES": "5000", "PYTHONPATH": str(REPO)}
+    try:
+        with tempfile.TemporaryDirectory() as tmp, \
+                semproxy_process(Path(tmp) / "data", f"http://127.0.0.1:{port}/v1", env_extra=env) as proxy:
+            out = Path(tmp) / "load.json"
+            load = subprocess.Popen([sys.executable, __file__, "--role", "load", "--url", proxy.url,  # type: ignore[attr-defined]
+                                     "--seconds", str(warmup + args.seconds), "--warmup", str(warmup),
+                                     "--out", str(out)])
+            started, samples = time.monotonic(), []
+            while load.poll() is None:
+                samples.append((round(time.monotonic() - started, 1), round(rss_mb(proxy.pid), 1)))
+                time.sleep(5)
+            alive = proxy.poll() is None
+            result = json.loads(out.read_text())
+    finally:
+        upstream.terminate()
+        upstream.wait()
+    after_warmup = [mb for t, mb in samples if t >= warmup]
+    base = after_warmup[0] if after_warmup else float("nan")
+    statuses = result["statuses"]
+    result.update({
+        "seconds_measured": args.seconds, "warmup_seconds": warmup, "concurrency": CONCURRENCY,
+        "requests": sum(sum(s.values()) for s in statuses.values()),
+        "semproxy_5xx": sum(n for s in statuses.values() for code, n in s.items() if code.startswith("5")),
+        "proxy_alive_at_end": alive,
+        "rss_mb": {"at_warmup_end": base, "end": after_warmup[-1] if after_warmup else None,
+                   "max_after_warmup": max(after_warmup, default=None),
+                   "growth_pct": round(100 * (max(after_warmup) - base) / base, 2) if after_warmup else None},
+        "rss_samples": samples, "cpu_count": os.cpu_count(),
+    })
+    print(json.dumps({k: v for k, v in result.items() if k != "rss_samples"}, indent=2))
+    (REPO / "bench" / "results" / "soak_bench.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
