@@ -48,8 +48,10 @@ def main() -> None:
     cache.init(
         pre_embedding_func=get_prompt,
         embedding_func=lambda text, **_: np.asarray(vectors[text], dtype=np.float32),
-        # max_size: GPTCache evicts beyond 1,000 entries by default; here it must hold every stored prompt.
-        data_manager=manager_factory("sqlite,faiss", data_dir=storage_dir(), max_size=len(vectors) + 1000,
+        # GPTCache evicts beyond 1,000 entries by default (its `max_size` argument is not used with the
+        # default memory eviction; `eviction_params` is): here it must hold every stored prompt.
+        data_manager=manager_factory("sqlite,faiss", data_dir=storage_dir(),
+                                     eviction_params={"max_size": len(vectors) + 1000},
                                      vector_params={"dimension": EMBEDDING_DIMENSION}),
         similarity_evaluation=SearchDistanceEvaluation(),
         config=Config(),
