@@ -171,9 +171,9 @@ class PostgresStore:
         query = np.asarray(vector, dtype=np.float32)
         with self._db() as db:
             rows = db.execute(
-                f"SELECT {_ENTRY_COLUMNS}, e.embedding, e.embedding <=> %s AS distance FROM semproxy_entries e "
-                "WHERE e.scope = %s AND e.embedding IS NOT NULL ORDER BY e.embedding <=> %s LIMIT %s",
-                (query, scope, query, k)).fetchall()
+                f"SELECT {_ENTRY_COLUMNS}, e.embedding, e.embedding <=> %b AS distance FROM semproxy_entries e "
+                "WHERE e.scope = %s AND e.embedding IS NOT NULL ORDER BY e.embedding <=> %b LIMIT %s",
+                (query, scope, query, k), binary=True).fetchall()
         # relaxed_order may return the k rows slightly out of order: sort them again.
         found = [(_entry(row), min(1.0, 1.0 - float(row[-1]))) for row in rows]
         found.sort(key=lambda pair: (-pair[1], pair[0].id))
@@ -191,12 +191,13 @@ class PostgresStore:
         vector = None if entry.vector is None else np.asarray(entry.vector, dtype=np.float32)
         with self._db() as db:
             # Replicas storing the same key at once take turns, so neither leaves an entry without its key.
-            db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key.exact,))
+            # (Seed 1: not the single-flight lock on the same key, which the storing replica holds.)
+            db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 1))", (key.exact,))
             removed = db.execute("DELETE FROM semproxy_entries WHERE id IN "
                                  "(SELECT entry_id FROM semproxy_exact_keys WHERE key = %s)", (key.exact,)).rowcount
             entry_id = db.execute(
                 "INSERT INTO semproxy_entries (kind, tenant, scope, model, prompt, embedding, response, created_at, "
-                "expires_at, last_used_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                "expires_at, last_used_at) VALUES (%s, %s, %s, %s, %s, %b, %s, %s, %s, %s) RETURNING id",
                 (key.kind, key.tenant, key.scope, key.model, key.prompt, vector, entry.response, now, expires, now),
             ).fetchone()[0]
             db.execute("INSERT INTO semproxy_exact_keys (key, entry_id) VALUES (%s, %s)", (key.exact, entry_id))
@@ -304,5 +305,5 @@ def _entry(row: Any) -> CacheEntry:
     return CacheEntry(
         id=int(row[0]), kind=row[1], tenant=row[2], scope=row[3], model=row[4], prompt=row[5],
         response=bytes(row[6]), created_at=float(row[7]), expires_at=None if row[8] is None else float(row[8]),
-        vector=None if vector is None else np.asarray(vector, dtype=np.float32),
+        vector=None if vector is None else np.asarray(vector.to_numpy(), dtype=np.float32),
     )

@@ -29,8 +29,10 @@ class PostgresLogDatabase:
 
     def insert(self, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
         sql = f"INSERT INTO semproxy_requests ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
+        # The log's flags (stream, priced) are integer columns, as in SQLite.
+        values = [tuple(int(v) if isinstance(v, bool) else v for v in row) for row in rows]
         with self._connection() as db, db.cursor() as cursor:
-            cursor.executemany(sql, rows)
+            cursor.executemany(sql, values)
 
     def delete_before(self, ts: float) -> None:
         with self._connection() as db:
