@@ -363,3 +363,6 @@ class SemanticCache:
         self._flush_touches()
         self._store.delete_expired(now=self._clock())
         self._count = self._store.count()
+        if self._count > self.policy.max_entries:  # a shared store: other replicas' entries count too
+            self._store.evict(keep=self.policy.max_entries)
+            self._count = self.policy.max_entries

@@ -191,6 +191,7 @@ def _round(value: Any) -> float | None:
 
 
 def _groups(db: LogReader, since: float, column: str) -> list[dict[str, Any]]:
-    sql = _SUMS.replace("SELECT ", f"SELECT {column}, ", 1).format(extra=f"GROUP BY {column} ORDER BY 2 DESC, 1")
+    order = f"GROUP BY {column} ORDER BY 2 DESC, 1 NULLS FIRST"  # NULLS FIRST: what SQLite does unasked
+    sql = _SUMS.replace("SELECT ", f"SELECT {column}, ", 1).format(extra=order)
     return [{"key": row[0], **_shape(dict(zip(_SUM_NAMES, row[1:], strict=True)))}
             for row in db.execute(sql, (since,))]
