@@ -144,12 +144,14 @@ async def test_requests_are_forwarded_while_postgres_is_down_and_cached_again_af
     await proxy.chat("before the outage")
     assert (await proxy.chat("before the outage")).headers["x-semproxy-cache"] == "exact"
     pg.stop_server(server)
-    started = time.monotonic()
+    took = []
     for prompt in ("before the outage", "during the outage", "during the outage"):
+        started = time.monotonic()
         response = await proxy.chat(prompt)
+        took.append(time.monotonic() - started)
         assert response.status_code == 200 and response.headers["x-semproxy-cache"] == "miss"
         assert _text(response).startswith("answer #")
-    assert time.monotonic() - started < 15
+    assert took[0] < 10 and max(took[1:]) < 0.5  # once it is known to be down, the store is not waited for
     pg.restart_server(server)
     await _eventually(lambda: proxy.chat("after the outage"), "miss")
     assert (await proxy.chat("after the outage")).headers["x-semproxy-cache"] == "exact"  # the pool reconnected

@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,7 +27,7 @@ import numpy as np
 
 from semproxy.cache.backend import Candidates
 from semproxy.cache.records import CacheEntry, NewEntry, Vector
-from semproxy.errors import ConfigError
+from semproxy.errors import CacheFailure, ConfigError
 
 log = logging.getLogger("semproxy.cache")
 
@@ -126,10 +127,13 @@ class PostgresStore:
     shared = True
 
     def __init__(self, url: str, *, pool_size: int = 10, timeout: float = 2.0,
-                 hnsw: HnswParams | None = None) -> None:
-        self.url, self.hnsw = url, hnsw or HnswParams()
+                 hnsw: HnswParams | None = None, retry_seconds: float = 5.0) -> None:
+        self.url, self.hnsw, self.retry_seconds = url, hnsw or HnswParams(), retry_seconds
         migrate(url, connect_timeout=timeout)
-        from psycopg_pool import ConnectionPool
+        from psycopg_pool import ConnectionPool, PoolTimeout
+
+        self._psycopg, self._pool_timeout = _psycopg(), PoolTimeout
+        self._down_until = 0.0
 
         self._pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, timeout=timeout, open=False, configure=self._configure,
@@ -151,9 +155,21 @@ class PostgresStore:
 
     @contextmanager
     def _db(self) -> Iterator[Any]:
-        """A pooled connection inside one transaction (committed at the end, rolled back on an error)."""
-        with self._pool.connection() as db:
-            yield db
+        """A pooled connection inside one transaction (committed at the end, rolled back on an error).
+
+        Once the database could not be reached, calls fail at once for `retry_seconds` instead of each
+        waiting `timeout` for it: during an outage requests are forwarded at full speed, and one call per
+        interval finds out whether it is back (the pool reconnects in the background meanwhile).
+        """
+        if time.monotonic() < self._down_until:
+            raise CacheFailure("the database was unreachable a moment ago; not trying again yet")
+        try:
+            with self._pool.connection() as db:
+                yield db
+        except (self._psycopg.OperationalError, self._pool_timeout) as exc:
+            if not isinstance(exc, self._psycopg.errors.QueryCanceled):
+                self._down_until = time.monotonic() + self.retry_seconds
+            raise
 
     def _salt(self) -> bytes:
         with self._db() as db:
@@ -264,12 +280,15 @@ class PostgresStore:
 
     def try_lock(self, key: str) -> bool:
         """Take this replica's lock on a request key unless another replica holds it."""
+        if time.monotonic() < self._down_until:
+            raise CacheFailure("the database was unreachable a moment ago; not trying again yet")
         with self._flight_lock:
-            db = self._flight_session()
             try:
+                db = self._flight_session()
                 return bool(db.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)).fetchone()[0])
             except Exception:
                 self._drop_flight_session()
+                self._down_until = time.monotonic() + self.retry_seconds
                 raise
 
     def unlock(self, key: str) -> None:
