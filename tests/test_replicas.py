@@ -55,7 +55,11 @@ def test_two_replicas_share_one_cache_and_one_log(tmp_path: Path, pg_url: str, u
             answers = list(pool.map(lambda url: _ask(url, "What is the boiling point of water?"),
                                     [url_a, url_b, url_a, url_b]))
         assert len(upstream.completions()) == before + 1
-        assert len({text for _, text in answers}) == 1 and [o for o, _ in answers].count("miss") == 1
+        # The others are hits: exact, or semantic when a waiter's exact lookup ran before the answer was stored
+        # and its embedding (slower: the model) after.
+        outcomes = sorted(o for o, _ in answers)
+        assert len({text for _, text in answers}) == 1 and outcomes.count("miss") == 1, answers
+        assert set(outcomes) - {"miss"} <= {"exact", "semantic"}, answers
         upstream.delay = 0.0
 
         assert main(["cache", "clear", "--store", pg_url]) == 0
@@ -71,4 +75,5 @@ def test_two_replicas_share_one_cache_and_one_log(tmp_path: Path, pg_url: str, u
                 break
             time.sleep(0.3)
         assert figures["requests"] == sent
-        assert figures["outcomes"] == {"exact": 1 + 3, "semantic": 1, "miss": 1 + 1 + 2, "bypass": 0}
+        outcomes = figures["outcomes"]
+        assert (outcomes["exact"] + outcomes["semantic"], outcomes["miss"], outcomes["bypass"]) == (1 + 1 + 3, 4, 0)

@@ -140,8 +140,12 @@ class PostgresStore:
             check=ConnectionPool.check_connection, reconnect_timeout=24 * 3600, name="semproxy",
             kwargs={"connect_timeout": max(1, round(timeout)), "options": "-c statement_timeout=30000"},
         )
-        self._pool.open(wait=True, timeout=timeout + 5)
-        self.salt = self._salt()
+        try:
+            self._pool.open(wait=True, timeout=timeout + 5)
+            self.salt = self._salt()
+        except BaseException:
+            self._pool.close()  # no reconnecting workers left behind: the service opens a new store later
+            raise
         self._flight: Any = None  # one session that holds every single-flight lock of this replica
         self._flight_lock = threading.Lock()
 
