@@ -250,3 +250,18 @@ def test_the_store_setting_takes_a_postgresql_url_or_nothing() -> None:
     assert settings.store == settings.stats_location == "postgresql://u:pw@db/semproxy"
     with pytest.raises(ConfigError, match="hnsw_ef_construction"):
         Settings(hnsw_m=32, hnsw_ef_construction=40)
+
+
+@pytest.mark.usefixtures("offline_encodings")
+async def test_raw_api_keys_never_reach_the_database(make_proxy, shared: Settings) -> None:  # type: ignore[no-untyped-def]
+    import psycopg
+
+    proxy = await make_proxy(settings=on(shared, "a"))
+    await proxy.chat("hello there", headers={"authorization": "Bearer sk-very-secret-key-123"})
+    await proxy.chat("hello there", headers={"authorization": "Bearer sk-very-secret-key-123"})
+    assert proxy.app.log.flush()  # type: ignore[attr-defined]
+    with psycopg.connect(shared.store or "") as db:
+        tables = [row[0] for row in db.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE 'semproxy_%'")]
+        rows = [row[0] for table in tables for row in db.execute(f"SELECT t::text FROM {table} t")]
+    assert {"semproxy_entries", "semproxy_requests", "semproxy_meta"} <= set(tables) and len(rows) > 4
+    assert not [row for row in rows if "sk-very-secret" in row]
