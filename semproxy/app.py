@@ -21,10 +21,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from semproxy.cache.backend import EmbeddedStore, SemanticStore
 from semproxy.cache.embedder import Embedder, SentenceTransformerEmbedder
 from semproxy.cache.index import FaissIndex
 from semproxy.cache.service import CachePolicy, SemanticCache
-from semproxy.cache.store import SqliteStore
 from semproxy.cache.verifier import HitVerifier
 from semproxy.compress.compressor import Compressor, SpanSafeCompressor
 from semproxy.compress.models import resolve_compression_model
@@ -54,22 +54,34 @@ def build_cache(
     load_embedder: Callable[[], Embedder] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> SemanticCache:
-    """The embedded cache: SQLite entries, per-scope FAISS indexes, a sentence-transformers embedder."""
+    """The cache: the store (embedded SQLite + FAISS, or a shared PostgreSQL), a sentence-transformers embedder."""
     if load_embedder is None and settings.semantic_enabled:
         load_embedder = partial(SentenceTransformerEmbedder, settings.embedding_model)
     policy = CachePolicy(
         threshold=settings.similarity_threshold, top_k=settings.semantic_top_k, ttl_seconds=settings.ttl_seconds,
-        max_entries=settings.max_entries, embed_batch_size=settings.embed_batch_size,
+        max_entries=settings.max_entries, embed_batch_size=settings.embed_batch_size, flight_wait=settings.flight_wait,
     )
     return SemanticCache(
-        open_store=partial(SqliteStore, settings.db_path),
+        open_store=partial(open_store, settings),
         load_embedder=load_embedder if settings.semantic_enabled else None,
         load_verifier=partial(HitVerifier.packaged, max_false_hit_rate=settings.max_false_hit_rate)
         if settings.verify_hits else None,
-        make_index=partial(FaissIndex, large_scope_entries=settings.large_scope_entries),
         policy=policy,
         clock=clock,
     )
+
+
+def open_store(settings: Settings) -> SemanticStore:
+    """The configured store, opened (and, for PostgreSQL, migrated); blocking."""
+    if settings.store is None:
+        return EmbeddedStore(settings.db_path,
+                             make_index=partial(FaissIndex, large_scope_entries=settings.large_scope_entries))
+    from semproxy.cache.postgres import HnswParams, PostgresStore
+
+    hnsw = HnswParams(m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction,
+                      ef_search=settings.hnsw_ef_search)
+    return PostgresStore(settings.store, pool_size=settings.postgres_pool_size, timeout=settings.postgres_timeout,
+                         hnsw=hnsw)
 
 
 def build_compression(settings: Settings) -> CompressionService:
@@ -105,9 +117,10 @@ def stats_layer(app: ASGIApp, settings: Settings, cache: SemanticCache, *, proxy
     """`app` behind the statistics layer (request log, Prometheus metrics, admin endpoints), if it is on."""
     if not settings.stats_enabled:
         return app
-    metrics = Metrics(cache_entries=partial(_count_entries, settings.db_path))
+    entries = partial(_count_entries, settings.db_path) if settings.store is None else cache.entry_count
+    metrics = Metrics(cache_entries=entries)
     request_log = RequestLog(
-        settings.stats_path, prices=PriceTable(settings.prices), count=partial(_token_counter, settings.data_dir),
+        settings.stats_location, prices=PriceTable(settings.prices), count=partial(_token_counter, settings.data_dir),
         retention_days=settings.stats_retention_days, prompt_chars=settings.stats_prompt_chars,
         listeners=[metrics.observe],
     )

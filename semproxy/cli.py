@@ -74,16 +74,24 @@ def _parser() -> argparse.ArgumentParser:
     _common(check)
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(handler=_cache_check)
+
+    database = commands.add_parser("db", help="the shared PostgreSQL store")
+    database_commands = database.add_subparsers(required=True, metavar="ACTION")
+    migrate = database_commands.add_parser("migrate", help="create or upgrade semproxy's tables (also done at start)")
+    _common(migrate)
+    migrate.set_defaults(handler=_db_migrate)
     return parser
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="where the cache lives (default: a per-user directory)")
     parser.add_argument("--config", type=Path, help="a TOML settings file")
+    parser.add_argument("--store", help="postgresql://... to share the cache and the request log between "
+                        "replicas (default: SQLite + FAISS in the data dir)")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("upstream", "host", "port", "data_dir", "max_false_hit_rate")
+    names = ("upstream", "host", "port", "data_dir", "max_false_hit_rate", "store")
     return {name: getattr(args, name, None) for name in names}
 
 
@@ -97,7 +105,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
                         for u in settings.upstreams) or settings.upstream
     if settings.upstreams and args.upstream:
         print("semproxy: --upstream is ignored: [[upstreams]] tables are configured", file=sys.stderr)
-    print(f"semproxy: forwarding to {targets}; data in {settings.data_dir}", file=sys.stderr)
+    where = _redacted(settings.store) if settings.store else settings.data_dir
+    print(f"semproxy: forwarding to {targets}; data in {where}", file=sys.stderr)
     # Idle client connections stay open 75 s (uvicorn's default is 5 s, the very expiry of httpx's pool, which
     # the OpenAI SDKs use: a client reusing a connection as the server closes it gets a connection error).
     uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
@@ -113,7 +122,7 @@ def _stats(settings: Settings, args: argparse.Namespace) -> int:
     from semproxy.stats import report, terminal
 
     try:
-        figures = report.summarize(settings.stats_path, since_seconds=report.parse_duration(args.since), by=args.by,
+        figures = report.summarize(settings.stats_location, since_seconds=report.parse_duration(args.since), by=args.by,
                                    top=max(0, args.top), buckets=max(1, min(200, args.buckets)),
                                    show_text=not args.hashes)
     except ConfigError as exc:
@@ -184,16 +193,24 @@ def _print_points(count: int, positives: int, points: Any, configured: Any, base
 
 
 def _cache_clear(settings: Settings, args: argparse.Namespace) -> int:
+    from semproxy.app import open_store
     from semproxy.cache.keys import tenant_id
-    from semproxy.cache.store import SqliteStore
 
-    store = SqliteStore(settings.db_path)
-    if args.tenant is not None:
-        return _erase_tenant(settings, store.salt, args.tenant)
-    tenant = None if args.namespace is None else tenant_id(api_key=None, namespace=args.namespace, salt=store.salt)
-    removed = store.clear(tenant=tenant)
+    if args.tenant is not None and settings.store:
+        print("semproxy: --tenant erases from the embedded store only; on PostgreSQL delete the tenant's rows "
+              "from semproxy_entries and semproxy_requests", file=sys.stderr)
+        return 2
+    store = open_store(settings)
+    try:
+        if args.tenant is not None:
+            return _erase_tenant(settings, store.salt, args.tenant)
+        tenant = None if args.namespace is None else tenant_id(api_key=None, namespace=args.namespace,
+                                                               salt=store.salt)
+        removed = store.clear(tenant=tenant)
+    finally:
+        store.close()
     where = "" if args.namespace is None else f" from namespace {args.namespace!r}"
-    print(f"removed {len(removed)} entries{where}")
+    print(f"removed {removed} entries{where}")
     return 0
 
 
@@ -228,11 +245,33 @@ def _cache_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cache_info(settings: Settings, _: argparse.Namespace) -> int:
-    from semproxy.cache.store import SqliteStore
+    from semproxy.app import open_store
 
-    store = SqliteStore(settings.db_path)
-    print(f"{store.count()} entries in {settings.db_path}")
+    store = open_store(settings)
+    try:
+        count = store.count()
+    finally:
+        store.close()
+    print(f"{count} entries in {_redacted(settings.store) if settings.store else settings.db_path}")
     return 0
+
+
+def _db_migrate(settings: Settings, _: argparse.Namespace) -> int:
+    if settings.store is None:
+        print("semproxy: db migrate needs a postgresql:// store (--store or the `store` setting)", file=sys.stderr)
+        return 2
+    from semproxy.cache.postgres import migrate
+
+    before, after = migrate(settings.store)
+    print(f"schema version {after}" + ("" if before == after else f" (was {before})"))
+    return 0
+
+
+def _redacted(url: str) -> str:
+    """A database URL without its password, for messages."""
+    import re
+
+    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 if __name__ == "__main__":  # pragma: no cover

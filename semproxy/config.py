@@ -64,6 +64,16 @@ class Settings:
     embed_batch_size: int = 64
     large_scope_entries: int = 20_000
 
+    # Where the cache and the request log live: None = embedded (SQLite + FAISS in data_dir), or a
+    # postgresql:// URL shared by several replicas (pip install 'semproxy[postgres]')
+    store: str | None = None
+    postgres_pool_size: int = 10
+    postgres_timeout: float = 2.0  # seconds a request waits for the database before it is forwarded uncached
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 64
+    hnsw_ef_search: int = 100
+    flight_wait: float = 10.0  # seconds a replica waits for another one's identical request before forwarding
+
     # Compression of long system prompts
     compression_enabled: bool = True
     compression_method: str = "llmlingua"  # or "llmlingua2" (a token-classification model)
@@ -105,6 +115,7 @@ class Settings:
         _check(self.embed_batch_size >= 1, "embed_batch_size must be at least 1")
         _check(self.upstream_connect_timeout > 0 and self.upstream_read_timeout > 0, "timeouts must be > 0")
         _check(self.large_scope_entries >= 1000, "large_scope_entries must be at least 1000")
+        self._check_store()
         _check(self.compression_method in ("llmlingua", "llmlingua2"),
                "compression_method must be 'llmlingua' or 'llmlingua2'")
         _check(0.0 < self.compression_rate <= 1.0, "compression_rate must be above 0 and at most 1")
@@ -117,6 +128,17 @@ class Settings:
                    and all(isinstance(x, int | float) and x >= 0 for x in v) for v in self.prices.values()),
                "prices must map a model to [input, output] prices per million tokens, both >= 0")
         self._check_routing()
+
+    def _check_store(self) -> None:
+        object.__setattr__(self, "store", self.store or None)
+        _check(self.store is None or self.store.startswith(("postgresql://", "postgres://")),
+               "store must be a postgresql:// URL (or unset for the embedded SQLite + FAISS store)")
+        _check(self.postgres_pool_size >= 1, "postgres_pool_size must be at least 1")
+        _check(self.postgres_timeout > 0, "postgres_timeout must be > 0")
+        _check(self.hnsw_m >= 2 and self.hnsw_ef_construction >= 2 * self.hnsw_m,
+               "hnsw_m must be at least 2 and hnsw_ef_construction at least 2 * hnsw_m")
+        _check(1 <= self.hnsw_ef_search <= 1000, "hnsw_ef_search must be between 1 and 1000")
+        _check(self.flight_wait >= 0, "flight_wait must be >= 0")
 
     def _check_routing(self) -> None:
         object.__setattr__(self, "upstreams", tuple(self.upstreams))
@@ -138,6 +160,11 @@ class Settings:
     def stats_path(self) -> Path:
         """The SQLite file that holds the request log."""
         return self.data_dir / "stats.sqlite3"
+
+    @property
+    def stats_location(self) -> Path | str:
+        """Where the request log lives: the `store` database if one is set, else the SQLite file."""
+        return self.store or self.stats_path
 
 
 def _check(condition: bool, message: str) -> None:

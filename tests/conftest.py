@@ -16,6 +16,7 @@ import pytest
 from semproxy.app import build_app, build_cache
 from semproxy.cache.service import SemanticCache
 from semproxy.config import Settings
+from tests import pg
 from tests.fakes import FakeOpenAI, HashingEmbedder
 
 
@@ -28,6 +29,20 @@ def offline_encodings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
     patch.delenv("TIKTOKEN_CACHE_DIR", raising=False)
     yield install_offline_encodings(tmp_path_factory.mktemp("tiktoken"))
     patch.undo()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """A PostgreSQL server with pgvector for the whole session; yields its admin URL."""
+    with pg.server_folder() as folder, pg.start_server(folder / "data") as server:
+        yield server.get_uri()
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """An empty database of its own on the session's server."""
+    with pg.database(pg_server) as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,7 +1,11 @@
-"""The cache through the whole proxy (in-process ASGI, fake upstream): tiers, scopes, tenants, controls."""
+"""The cache through the whole proxy (in-process ASGI, fake upstream): tiers, scopes, tenants, controls.
+
+Every test runs on both stores: the embedded SQLite + FAISS one and the shared PostgreSQL + pgvector one.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -11,6 +15,13 @@ from tests.conftest import Proxy
 from tests.fakes import FakeOpenAI, HashingEmbedder
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["embedded", "postgres"])
+def settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    if request.param == "embedded":
+        return settings
+    return dataclasses.replace(settings, store=request.getfixturevalue("pg_url"))
 
 
 def content(response: object) -> str:

@@ -1,29 +1,29 @@
 """The cache service: exact and semantic lookups, storing, and housekeeping over a store, an index and an embedder.
 
-All blocking work (SQLite, FAISS, the model) runs in worker threads from here, and nothing here raises into
-a request: a failing component is logged and the request carries on uncached.
+All blocking work (the store and its vector search, the model) runs in worker threads from here, and nothing
+here raises into a request: a failing component is logged and the request carries on uncached.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
 import anyio.to_thread
 
+from semproxy.cache.backend import SemanticStore
 from semproxy.cache.batching import BatchingEmbedder
 from semproxy.cache.embedder import Embedder
-from semproxy.cache.index import FaissIndex
 from semproxy.cache.keys import tenant_id
 from semproxy.cache.records import CacheEntry, CacheHit, CacheKey, Lookup, NewEntry, Vector
-from semproxy.cache.store import Removed, SqliteStore
 from semproxy.cache.text import PromptFacts, analyze
 from semproxy.cache.verifier import Candidate, Verdict, Verifier
 
@@ -40,6 +40,7 @@ class CachePolicy:
     max_entries: int = 100_000
     embed_batch_size: int = 64
     maintenance_seconds: float = 30.0
+    flight_wait: float = 10.0  # longest wait for another replica's identical request before forwarding anyway
 
 
 class SemanticCache:
@@ -48,9 +49,8 @@ class SemanticCache:
     def __init__(
         self,
         *,
-        open_store: Callable[[], SqliteStore],
+        open_store: Callable[[], SemanticStore],
         load_embedder: Callable[[], Embedder] | None,
-        make_index: Callable[[int], FaissIndex],
         policy: CachePolicy,
         load_verifier: Callable[[], Verifier] | None = None,
         clock: Callable[[], float] = time.time,
@@ -59,10 +59,9 @@ class SemanticCache:
         self._load_verifier = load_verifier
         self._verifier: Verifier | None = None
         self._facts: Callable[[str], PromptFacts] = functools.lru_cache(maxsize=8192)(analyze)
-        self._open_store, self._load_embedder, self._make_index = open_store, load_embedder, make_index
+        self._open_store, self._load_embedder = open_store, load_embedder
         self._clock = clock
-        self._store: SqliteStore | None = None
-        self._index: FaissIndex | None = None
+        self._store: SemanticStore | None = None
         self._embedder: BatchingEmbedder | None = None
         self._writer = anyio.CapacityLimiter(1)
         self._touched: dict[int, float] = {}
@@ -81,6 +80,10 @@ class SemanticCache:
         """Whether the exact tier works (the store is open)."""
         return self._store is not None
 
+    def entry_count(self) -> float:
+        """Entries in the store as last counted (resynced by housekeeping), for the metrics gauge."""
+        return float(self._count)
+
     @property
     def semantic_ready(self) -> bool:
         """Whether the semantic tier works (model loaded and index rebuilt)."""
@@ -90,17 +93,14 @@ class SemanticCache:
         """Open the store, then load the model and rebuild the index; requests are served meanwhile.
 
         A component that fails to start is logged and left out (the proxy keeps forwarding); `problems`
-        says what is missing, for /healthz.
+        says what is missing, for /healthz. A store that cannot open (a database that is down) is tried
+        again every `maintenance_seconds` until it opens.
         """
         if self._started:
             return
         self._started = True
         try:
-            store = await anyio.to_thread.run_sync(self._open_store)
-            self._count = await anyio.to_thread.run_sync(store.count)
-            self._store = store
-            if self._load_embedder is not None:
-                await self._start_semantic(store)
+            await self._open()
         except Exception as exc:
             log.exception("the cache could not start fully; requests are forwarded uncached where needed")
             self.problems.append(f"{type(exc).__name__}: {exc}")
@@ -108,23 +108,29 @@ class SemanticCache:
         self.ready = True
         log.info("cache ready: %d entries, semantic tier %s", self._count, "on" if self.semantic_ready else "off")
 
-    async def _start_semantic(self, store: SqliteStore) -> None:
+    async def _open(self) -> None:
+        store = await anyio.to_thread.run_sync(self._open_store)
+        self._count = await anyio.to_thread.run_sync(store.count)
+        self._store = store
+        if self._load_embedder is not None:
+            await self._start_semantic(store)
+
+    async def _reopen(self) -> None:
+        try:
+            await self._open()
+        except Exception as exc:
+            log.warning("the cache store is still unavailable (%s: %s); retrying later", type(exc).__name__, exc)
+            return
+        self.problems.clear()
+        log.info("cache store opened: %d entries", self._count)
+
+    async def _start_semantic(self, store: SemanticStore) -> None:
         assert self._load_embedder is not None
         embedder = await anyio.to_thread.run_sync(self._load_embedder)
         if self._load_verifier is not None:
             self._verifier = await anyio.to_thread.run_sync(self._load_verifier)
-        index = self._make_index(embedder.dimension)
-        await anyio.to_thread.run_sync(self._rebuild_index, store, index)
-        self._index = index
+        await anyio.to_thread.run_sync(lambda: store.enable_vectors(embedder.dimension, now=self._clock()))
         self._embedder = BatchingEmbedder(embedder, max_batch=self.policy.embed_batch_size)
-
-    def _rebuild_index(self, store: SqliteStore, index: FaissIndex) -> None:
-        for ids, scopes, vectors in store.iter_vectors(now=self._clock()):
-            for scope in dict.fromkeys(scopes):
-                rows = [i for i, s in enumerate(scopes) if s == scope]
-                index.add(scope, [ids[i] for i in rows], vectors[rows])
-        for scope in index.scopes_to_rebuild():
-            index.rebuild(scope)
 
     async def close(self) -> None:
         """Finish pending writes, flush LRU times, stop background work."""
@@ -135,7 +141,9 @@ class SemanticCache:
         if self._embedder is not None:
             await self._embedder.aclose()
         if self._store is not None:
-            await self._write(self._flush_touches)
+            with contextlib.suppress(Exception):  # a database that went away: the touches are only LRU hints
+                await self._write(self._flush_touches)
+            await anyio.to_thread.run_sync(self._store.close)
         self._started = False
 
     def health(self) -> tuple[int, dict[str, Any]]:
@@ -174,10 +182,13 @@ class SemanticCache:
             return Lookup(hit=None)
         return await self._lookup_semantic(key, self.policy.threshold if threshold is None else threshold)
 
-    async def _lookup_exact(self, store: SqliteStore, key: CacheKey) -> CacheHit | None:
+    async def _lookup_exact(self, store: SemanticStore, key: CacheKey) -> CacheHit | None:
         # A primary-key read from SQLite takes ~12 µs here; a hop to a worker thread and back ~100 µs. So
-        # this one read runs on the event loop (WAL readers never wait for writers).
-        entry = store.get_exact(key.exact)
+        # that one read runs on the event loop (WAL readers never wait for writers); a database's goes to a thread.
+        if store.inline_reads:
+            entry = store.get_exact(key.exact)
+        else:
+            entry = await anyio.to_thread.run_sync(store.get_exact, key.exact)
         if entry is None or entry.tenant != key.tenant or entry.expired(self._clock()):
             return None
         self._touch(entry.id)
@@ -200,6 +211,37 @@ class SemanticCache:
             self._spawn(self._write(self._alias, key.exact, hit.entry.id), write=True)
         return Lookup(hit=hit, vector=vector, rejected=rejected)
 
+    @contextlib.asynccontextmanager
+    async def replica_flight(self, key: CacheKey, *, threshold: float | None = None) -> AsyncIterator[CacheHit | None]:
+        """Single flight across replicas sharing a store: hold the store's lock on the request while it is
+        forwarded. If another replica holds it, wait (at most `flight_wait`) and yield the answer it stored;
+        None means: forward it. A lock that cannot be taken (database down) never holds a request up."""
+        store = self._store
+        if store is None or not store.shared:
+            yield None
+            return
+        held, waited = False, False
+        deadline = time.monotonic() + self.policy.flight_wait
+        try:
+            while not held:
+                try:
+                    held = await anyio.to_thread.run_sync(store.try_lock, key.exact)
+                except Exception:
+                    log.warning("single-flight lock unavailable; forwarding", exc_info=True)
+                    break
+                if not held and time.monotonic() >= deadline:
+                    log.info("another replica is still answering an identical request; forwarding too")
+                    break
+                if not held:
+                    waited = True
+                    await anyio.sleep(0.02)
+            lookup = await self.lookup(key, threshold=threshold) if waited else None
+            yield None if lookup is None else lookup.hit
+        finally:
+            if held:
+                with contextlib.suppress(Exception):
+                    await anyio.to_thread.run_sync(store.unlock, key.exact)
+
     async def embed(self, key: CacheKey) -> Vector | None:
         """The prompt's vector for storing without a lookup (Cache-Control: no-cache); never raises."""
         if key.prompt is None or self._embedder is None:
@@ -213,16 +255,10 @@ class SemanticCache:
     def _nearest(self, key: CacheKey, vector: Vector, threshold: float) -> tuple[CacheHit | None, Verdict | None]:
         """The nearest live entry of the scope at or above the threshold that the verifier accepts, or the
         verifier's reason for rejecting the nearest one."""
-        assert self._index is not None and self._store is not None
-        found = [(i, s) for i, s in self._index.search(key.scope, vector, self.policy.top_k) if s >= threshold]
-        if not found:
-            return None, None
-        entries = {entry.id: entry for entry in self._store.get_many([i for i, _ in found])}
-        gone = [i for i, _ in found if i not in entries]
-        if gone:  # deleted by another process (e.g. `semproxy cache clear`): heal the index
-            self._index.remove(key.scope, gone)
+        assert self._store is not None
+        found = self._store.nearest(key.scope, vector, self.policy.top_k, min_similarity=threshold)
         now = self._clock()
-        live = [(entries[i], min(s, 1.0)) for i, s in found if i in entries and self._matches(entries[i], key, now)]
+        live = [(entry, similarity) for entry, similarity in found if self._matches(entry, key, now)]
         if not live:
             return None, None
         if self._verifier is None or key.prompt is None:
@@ -246,7 +282,7 @@ class SemanticCache:
 
     @staticmethod
     def _matches(entry: CacheEntry, key: CacheKey, now: float) -> bool:
-        # The index is per scope already; checking again costs nothing and guards tenant isolation.
+        # The search is per scope already; checking again costs nothing and guards tenant isolation.
         return entry.scope == key.scope and entry.tenant == key.tenant and not entry.expired(now)
 
     # ---------------------------------------------------------------- writes
@@ -270,28 +306,15 @@ class SemanticCache:
 
     def _put(self, entry: NewEntry) -> None:
         assert self._store is not None
-        entry_id, removed = self._store.put(entry, now=self._clock())
-        self._unindex(removed)
-        if entry.vector is not None and self._index is not None:
-            self._index.add(entry.key.scope, [entry_id], entry.vector.reshape(1, -1))
-        self._count += 1 - len(removed)
+        self._count += 1 - self._store.put(entry, now=self._clock())
         if self._count > self.policy.max_entries:
             self._flush_touches()
-            self._unindex(self._store.evict(keep=self.policy.max_entries))
+            self._store.evict(keep=self.policy.max_entries)
             self._count = self.policy.max_entries
 
     def _alias(self, exact_key: str, entry_id: int) -> None:
         assert self._store is not None
         self._store.add_alias(exact_key, entry_id)
-
-    def _unindex(self, removed: Removed) -> None:
-        if self._index is None:
-            return
-        by_scope: dict[str, list[int]] = {}
-        for entry_id, scope in removed:
-            by_scope.setdefault(scope, []).append(entry_id)
-        for scope, ids in by_scope.items():
-            self._index.remove(scope, ids)
 
     def _touch(self, entry_id: int) -> None:
         with self._touch_lock:
@@ -307,13 +330,12 @@ class SemanticCache:
     async def clear(self, *, tenant: str | None = None) -> int:
         """Remove every entry, or one tenant's; return how many."""
         assert self._store is not None
-        removed = await self._write(self._clear, tenant)
-        return len(removed)
+        removed: int = await self._write(self._clear, tenant)
+        return removed
 
-    def _clear(self, tenant: str | None) -> Removed:
+    def _clear(self, tenant: str | None) -> int:
         assert self._store is not None
         removed = self._store.clear(tenant=tenant)
-        self._unindex(removed)
         self._count = self._store.count()
         return removed
 
@@ -323,21 +345,24 @@ class SemanticCache:
         while True:
             await anyio.sleep(self.policy.maintenance_seconds)
             if self._store is None:
-                return
+                await self._reopen()
+                continue
             try:
                 await self.housekeeping()
             except Exception:
                 log.exception("cache housekeeping failed; retrying later")
 
     async def housekeeping(self) -> None:
-        """Flush LRU times, drop expired entries, resync the count, rebuild scopes that outgrew flat search."""
+        """Flush LRU times, drop expired entries, resync the count, let the store maintain its vector search."""
         await self._write(self._sweep)
-        if self._index is not None:
-            for scope in self._index.scopes_to_rebuild():
-                await anyio.to_thread.run_sync(self._index.rebuild, scope)
+        if self._embedder is not None and self._store is not None:
+            await anyio.to_thread.run_sync(self._store.maintain)
 
     def _sweep(self) -> None:
         assert self._store is not None
         self._flush_touches()
-        self._unindex(self._store.delete_expired(now=self._clock()))
+        self._store.delete_expired(now=self._clock())
         self._count = self._store.count()
+        if self._count > self.policy.max_entries:  # a shared store: other replicas' entries count too
+            self._store.evict(keep=self.policy.max_entries)
+            self._count = self.policy.max_entries

@@ -167,7 +167,12 @@ class CacheResponder:
                 if lookup.hit is not None:
                     await self._send_hit(send, body, lookup.hit)
                     return
-            await self._forward(scope, receive, send, body, key, request_controls, lookup, "miss")
+            # Replicas sharing a database: one of them forwards, the others wait for its stored answer.
+            async with self.cache.replica_flight(key, threshold=request_controls.threshold) as hit:
+                if hit is not None:
+                    await self._send_hit(send, body, hit)
+                    return
+                await self._forward(scope, receive, send, body, key, request_controls, lookup, "miss")
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, body: JSON, key: CacheKey,
                        request_controls: Controls, lookup: Lookup, outcome: str) -> None:

@@ -4,6 +4,9 @@ The request path only puts an `Observed` on a bounded queue (never waits: when t
 record is dropped and counted). The thread turns each into a `RequestRecord` (parsing and token counting
 happen here, not on the event loop), tells the listeners (Prometheus), and commits a batch every
 `flush_seconds` or `max_batch` records. Rows older than the retention are deleted at start and hourly.
+
+Where the rows go is a `LogDatabase`: the SQLite file in the data dir, or the shared PostgreSQL database
+(semproxy.stats.postgres) where every replica writes to one table.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 from semproxy.stats.prices import PriceTable
 from semproxy.stats.record import Observed, RequestRecord, finish
@@ -43,6 +47,58 @@ TokenCounter = Callable[[str, str], int]
 _STOP = object()
 
 
+class LogDatabase(Protocol):
+    """Where log rows are written; used from the writer thread only. Every method may raise."""
+
+    def hash_key(self) -> bytes:
+        """The per-installation key for prompt hashes (made once, kept in the database)."""
+        ...
+
+    def insert(self, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+        """Append rows to the log in one transaction."""
+        ...
+
+    def delete_before(self, ts: float) -> None:
+        """Apply the retention."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection."""
+        ...
+
+
+class SqliteLogDatabase:
+    """The embedded log: stats.sqlite3 in the data dir."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = connect(path)
+        self._key = _hash_key(self.db)
+
+    def hash_key(self) -> bytes:
+        return self._key
+
+    def insert(self, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+        sql = f"INSERT INTO requests ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        with self.db:
+            self.db.executemany(sql, rows)
+
+    def delete_before(self, ts: float) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM requests WHERE ts < ?", (ts,))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def open_database(location: Path | str) -> LogDatabase:
+    """The log database at a path (SQLite) or a postgresql:// URL."""
+    if isinstance(location, str):
+        from semproxy.stats.postgres import PostgresLogDatabase
+
+        return PostgresLogDatabase(location)
+    return SqliteLogDatabase(location)
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """A connection to the log with its schema in place."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +112,7 @@ def connect(path: Path) -> sqlite3.Connection:
 class RequestLog:
     """Takes observed requests without blocking and writes them to SQLite on its own thread."""
 
-    def __init__(self, path: Path, *, prices: PriceTable, count: Callable[[], TokenCounter],
+    def __init__(self, path: Path | str, *, prices: PriceTable, count: Callable[[], TokenCounter],
                  retention_days: float = 30.0, prompt_chars: int = 0, listeners: Sequence[Listener] = (),
                  flush_seconds: float = 0.5, max_batch: int = 512, max_pending: int = 10_000,
                  idle_seconds: float = 30.0, clock: Callable[[], float] = time.time) -> None:
@@ -125,8 +181,7 @@ class RequestLog:
 
     def _run(self) -> None:
         try:
-            db = connect(self.path)
-            key = _hash_key(db)
+            db = open_database(self.path)
             count = self._make_counter()
         except Exception:
             log.exception("the request log could not open %s; requests are not logged", self.path)
@@ -142,7 +197,7 @@ class RequestLog:
                 if first is None:
                     return
                 batch, waiting, stop = self._collect(first)
-                self._write(db, [self._finish(o, key, count) for o in batch])
+                self._write_batch(db, batch, count)
                 for event in waiting:
                     event.set()
                 if stop:
@@ -208,25 +263,31 @@ class RequestLog:
                 log.exception("a statistics listener failed")
         return record
 
-    def _write(self, db: sqlite3.Connection, records: list[RequestRecord | None]) -> None:
+    def _write_batch(self, db: LogDatabase, batch: list[Observed], count: TokenCounter) -> None:
+        try:
+            key = db.hash_key()
+        except Exception as exc:  # a database that is down: these records are lost, later ones are written
+            log.warning("the request log is unavailable (%s); %d records dropped", exc, len(batch))
+            self.dropped += len(batch)
+            return
+        self._write(db, [self._finish(o, key, count) for o in batch])
+
+    def _write(self, db: LogDatabase, records: list[RequestRecord | None]) -> None:
         rows = [tuple(getattr(r, c) for c in COLUMNS) for r in records if r is not None]
         if not rows:
             return
-        sql = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
         try:
-            with db:
-                db.executemany(sql, rows)
+            db.insert(COLUMNS, rows)
             self.written += len(rows)
-        except sqlite3.Error:
+        except Exception:
             log.exception("could not write %d log records", len(rows))
 
-    def _sweep(self, db: sqlite3.Connection) -> None:
+    def _sweep(self, db: LogDatabase) -> None:
         if self._retention <= 0:
             return
         try:
-            with db:
-                db.execute("DELETE FROM requests WHERE ts < ?", (self._clock() - self._retention,))
-        except sqlite3.Error:
+            db.delete_before(self._clock() - self._retention)
+        except Exception:
             log.exception("could not apply the log's retention")
 
     def _drain_forever(self) -> None:

