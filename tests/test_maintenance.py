@@ -29,10 +29,10 @@ def _check(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str
 
 
 async def test_check_passes_on_a_sound_data_dir_and_names_each_kind_of_damage(
-        make_proxy, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+        make_proxy, settings, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     proxy = await make_proxy()
     await _traffic(proxy)
-    data_dir = proxy.cache._store.path.parent  # type: ignore[union-attr]
+    data_dir = settings.data_dir
     code, out = _check(data_dir, capsys)
     assert code == 0, out
     assert "6 entries, 6 exact keys, 6 vectors, 6 indexed, 6 found again by search" in out
@@ -50,10 +50,10 @@ async def test_check_passes_on_a_sound_data_dir_and_names_each_kind_of_damage(
 
 
 async def test_clear_tenant_erases_entries_and_log_rows_down_to_the_bytes(
-        make_proxy, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+        make_proxy, settings, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     proxy = await make_proxy()
     await _traffic(proxy)
-    data_dir = proxy.cache._store.path.parent  # type: ignore[union-attr]
+    data_dir = settings.data_dir
     bob = proxy.cache.tenant(api_key="sk-bob", namespace=None)
     assert any(b"bob asks" in path.read_bytes() for path in data_dir.iterdir() if path.is_file())
 
