@@ -34,8 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import verifier_data as vd
 
+from semproxy.cache.pair_model import IDF_FILE, MODEL_FILE, PairModel, WordRarity, pair_vector
+from semproxy.cache.rules import rule_rejection
 from semproxy.cache.text import analyze
-from semproxy.cache.verifier import IDF_FILE, MODEL_FILE, PairModel, WordRarity, pair_vector, rule_rejection
 
 DATA_OUT = Path(__file__).resolve().parent.parent / "semproxy" / "cache" / "data"
 CANDIDATE_FLOOR = 0.80  # the default `similarity_threshold`: FAISS candidates below it are never verified

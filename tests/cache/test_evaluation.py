@@ -9,7 +9,8 @@ import pytest
 
 from semproxy.cache import evaluation
 from semproxy.cache.evaluation import LabelledPair
-from semproxy.cache.verifier import HitVerifier, WordRarity
+from semproxy.cache.pair_model import WordRarity
+from semproxy.cache.verifier import HitVerifier
 from semproxy.errors import ConfigError
 from tests.cache.test_verifier import tiny_model
 

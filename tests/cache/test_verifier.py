@@ -3,16 +3,10 @@
 import numpy as np
 import pytest
 
+from semproxy.cache.pair_model import PairModel, WordRarity, hand_features
+from semproxy.cache.rules import reversed_direction, rule_rejection
 from semproxy.cache.text import analyze
-from semproxy.cache.verifier import (
-    Candidate,
-    HitVerifier,
-    PairModel,
-    WordRarity,
-    hand_features,
-    reversed_direction,
-    rule_rejection,
-)
+from semproxy.cache.verifier import Candidate, HitVerifier
 
 
 def rejection(asked: str, stored: str) -> str | None:
