@@ -26,6 +26,18 @@ def upstream_server(upstream: FakeOpenAI) -> Iterator[ThreadServer]:
         yield server
 
 
+def _wait_for_store(url: str, *, timeout: float = 75) -> None:
+    """Both replicas start at once; a store that failed to open is retried every 30 s. Wait for "ok", and
+    say what went wrong if it never comes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        health = httpx.get(url + "/healthz", timeout=5).json()
+        if health.get("status") == "ok" or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert health.get("status") == "ok", health
+
+
 def _ask(url: str, prompt: str, **headers: str) -> tuple[str, str]:
     body = {"model": "gpt-test", "messages": [{"role": "user", "content": prompt}]}
     response = httpx.post(url + "/v1/chat/completions", json=body, timeout=30,
@@ -42,6 +54,8 @@ def test_two_replicas_share_one_cache_and_one_log(tmp_path: Path, pg_url: str, u
         a, b = (stack.enter_context(semproxy_process(tmp_path / name, upstream_server.url + "/v1", env_extra=env))
                 for name in ("a", "b"))
         url_a, url_b = a.url, b.url  # type: ignore[attr-defined]
+        _wait_for_store(url_a)
+        _wait_for_store(url_b)
 
         outcome, answer = _ask(url_a, "How do I reverse a list in Python?")
         assert outcome == "miss"
