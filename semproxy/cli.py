@@ -174,7 +174,7 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
     if args.plot is not None:
         try:
             evaluation.plot(args.plot, evaluation.precision_recall_curve(scores, labels), configured,
-                            evaluation.cosine_curve(cosines, labels), title=args.pairs.name)
+                            evaluation.precision_recall_curve(cosines, labels), title=args.pairs.name)
         except ConfigError as exc:
             print(f"semproxy: {exc}", file=sys.stderr)
             return 2

@@ -157,14 +157,15 @@ def budget_sweep(scores: NDArray[np.float64], labels: NDArray[np.bool_], verifie
 
 def precision_recall_curve(scores: NDArray[np.float64],
                            labels: NDArray[np.bool_]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Precision and recall at every distinct score threshold (for the plot)."""
-    thresholds = np.unique(scores[scores > REJECTED])[::-1]
-    precision, recall = [], []
-    for t in thresholds:
-        point = operating_point("", scores >= t, labels, float(t))
-        precision.append(point.precision)
-        recall.append(point.recall)
-    return np.asarray(precision), np.asarray(recall)
+    """Precision and recall at every distinct score threshold (for the plot), in one sorted pass."""
+    kept = scores > REJECTED
+    order = np.argsort(-scores[kept], kind="stable")
+    ranked, right = scores[kept][order], labels[kept][order]
+    last_of_each = np.r_[ranked[1:] != ranked[:-1], True]  # serving at a threshold serves every tie
+    served = np.arange(1, len(ranked) + 1)[last_of_each]
+    correct = np.cumsum(right)[last_of_each]
+    positives = max(int(labels.sum()), 1)
+    return correct / served, correct / positives
 
 
 def plot(path: Path, curve: tuple[NDArray[np.float64], NDArray[np.float64]], configured: OperatingPoint,
@@ -192,9 +193,3 @@ def plot(path: Path, curve: tuple[NDArray[np.float64], NDArray[np.float64]], con
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
-
-
-def cosine_curve(cosines: NDArray[np.float64],
-                 labels: NDArray[np.bool_]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Precision and recall of plain cosine thresholds, for comparison."""
-    return precision_recall_curve(cosines, labels)

@@ -269,15 +269,15 @@ class SemanticCache:
     def _verified(self, prompt: str, vector: Vector,
                   live: list[tuple[CacheEntry, float]]) -> tuple[CacheHit | None, Verdict | None]:
         assert self._verifier is not None
-        live = [(entry, similarity) for entry, similarity in live if entry.vector is not None]
-        candidates = [Candidate(facts=self._facts(entry.prompt or ""), vector=entry.vector, similarity=similarity)
-                      for entry, similarity in live if entry.vector is not None]
+        usable = [(entry, similarity, entry.vector) for entry, similarity in live if entry.vector is not None]
+        candidates = [Candidate(facts=self._facts(entry.prompt or ""), vector=stored, similarity=similarity)
+                      for entry, similarity, stored in usable]
         chosen, verdicts = self._verifier.choose(self._facts(prompt), vector, candidates)
-        for (entry, similarity), verdict in zip(live, verdicts, strict=False):
+        for (entry, similarity, _), verdict in zip(usable, verdicts, strict=True):
             log.debug("semantic candidate %d (similarity %.4f) %s", entry.id, similarity, verdict.header())
         if chosen is None:
             return None, verdicts[0] if verdicts else None
-        entry, similarity = live[chosen]
+        entry, similarity, _ = usable[chosen]
         return CacheHit(entry=entry, tier="semantic", similarity=similarity, verdict=verdicts[chosen]), None
 
     @staticmethod
