@@ -1,60 +1,91 @@
-"""The composition root: the only place that picks concrete classes and wires them together.
+"""The composition root: the only place that picks concrete classes and wires them, for both modes.
 
-    StatsMiddleware( SemanticCacheMiddleware( CompressionMiddleware( UpstreamTimer(
-        route: /v1/* -> UpstreamProxy(Router, httpx transport), else Starlette(/healthz) ) ) ) )
+    StatsMiddleware( CacheMiddleware( CompressionMiddleware( UpstreamTimer( inner ) ) ) )
+
+    proxy mode (`build_app`):      inner = /v1/* -> UpstreamProxy(Router, Failover, httpx transport), else /healthz
+    middleware mode (`SemanticCacheMiddleware`): inner = the user's own Starlette / FastAPI app
+
+Every layer is handed its collaborators; no layer builds another. One storage object (SQLite files in the data
+dir, or a shared PostgreSQL) serves the cache and the request log, and is closed after both at shutdown.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import sqlite3
 import time
-import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from functools import partial
 from pathlib import Path
 
+import anyio.to_thread
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from semproxy.cache.backend import EmbeddedStore, SemanticStore
 from semproxy.cache.embedder import Embedder, SentenceTransformerEmbedder
 from semproxy.cache.index import FaissIndex
 from semproxy.cache.service import CachePolicy, SemanticCache
+from semproxy.cache.store import EmbeddedStore, EntryStore
 from semproxy.cache.verifier import HitVerifier
 from semproxy.compress.compressor import Compressor, SpanSafeCompressor
 from semproxy.compress.models import resolve_compression_model
 from semproxy.compress.scorers import PerplexityScorer, TokenClassifierScorer, load_prompt_compressor
 from semproxy.compress.service import CompressionPolicy, CompressionService
 from semproxy.compress.tokens import count_tokens, install_offline_encodings
-from semproxy.config import Settings
+from semproxy.config import Settings, UpstreamConfig
 from semproxy.errors import error_body
 from semproxy.middleware import controls
-from semproxy.middleware.asgi import ASGIApp, Receive, Scope, Send
-from semproxy.middleware.cache import SemanticCacheMiddleware
+from semproxy.middleware.cache import DEFAULT_ROUTES, CacheMiddleware
 from semproxy.middleware.compression import CompressionMiddleware
 from semproxy.middleware.stats import AdminAccess, StatsMiddleware, UpstreamTimer
+from semproxy.openai import Kind
 from semproxy.stats.log import RequestLog, TokenCounter
 from semproxy.stats.metrics import Metrics
 from semproxy.stats.prices import PriceTable
-from semproxy.upstream.config import UpstreamConfig
+from semproxy.storage import Storage
+from semproxy.storage.sqlite import SqliteStorage
+from semproxy.types import ASGIApp, Receive, Scope, Send, lifespan_hooks
 from semproxy.upstream.proxy import UpstreamProxy
 from semproxy.upstream.routing import Router, RoutingPolicy
 
 log = logging.getLogger("semproxy")
 
 
-def build_cache(
-    settings: Settings,
-    *,
-    load_embedder: Callable[[], Embedder] | None = None,
-    clock: Callable[[], float] = time.time,
-) -> SemanticCache:
-    """The cache: the store (embedded SQLite + FAISS, or a shared PostgreSQL), a sentence-transformers embedder."""
+# ---------------------------------------------------------------- storage and the cache
+
+
+def build_storage(settings: Settings) -> Storage:
+    """The configured backend, not yet opened: SQLite files in the data dir, or a shared PostgreSQL."""
+    if settings.store is None:
+        return SqliteStorage(settings.data_dir)
+    from semproxy.storage.postgres import HnswParams, PostgresStorage
+
+    hnsw = HnswParams(m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction,
+                      ef_search=settings.hnsw_ef_search)
+    return PostgresStorage(settings.store, pool_size=settings.postgres_pool_size, timeout=settings.postgres_timeout,
+                           hnsw=hnsw)
+
+
+def open_entry_store(settings: Settings, storage: Storage) -> EntryStore:
+    """The cache's entries on `storage`, opened (and migrated); blocking."""
+    storage.open()
+    if isinstance(storage, SqliteStorage):
+        return EmbeddedStore(storage, make_index=partial(FaissIndex, large_scope_entries=settings.large_scope_entries))
+    from semproxy.storage.pgvector import PostgresEntries
+    from semproxy.storage.postgres import PostgresStorage
+
+    assert isinstance(storage, PostgresStorage)
+    return PostgresEntries(storage)
+
+
+def build_cache(settings: Settings, *, storage: Storage | None = None,
+                load_embedder: Callable[[], Embedder] | None = None,
+                clock: Callable[[], float] = time.time) -> SemanticCache:
+    """The cache on `storage` (the configured one if None) with a sentence-transformers embedder."""
+    storage = storage or build_storage(settings)
     if load_embedder is None and settings.semantic_enabled:
         load_embedder = partial(SentenceTransformerEmbedder, settings.embedding_model)
     policy = CachePolicy(
@@ -62,7 +93,7 @@ def build_cache(
         max_entries=settings.max_entries, embed_batch_size=settings.embed_batch_size, flight_wait=settings.flight_wait,
     )
     return SemanticCache(
-        open_store=partial(open_store, settings),
+        open_store=partial(open_entry_store, settings, storage),
         load_embedder=load_embedder if settings.semantic_enabled else None,
         load_verifier=partial(HitVerifier.packaged, max_false_hit_rate=settings.max_false_hit_rate)
         if settings.verify_hits else None,
@@ -71,28 +102,19 @@ def build_cache(
     )
 
 
-def open_store(settings: Settings) -> SemanticStore:
-    """The configured store, opened (and, for PostgreSQL, migrated); blocking."""
-    if settings.store is None:
-        return EmbeddedStore(settings.db_path,
-                             make_index=partial(FaissIndex, large_scope_entries=settings.large_scope_entries))
-    from semproxy.cache.postgres import HnswParams, PostgresStore
-
-    hnsw = HnswParams(m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction,
-                      ef_search=settings.hnsw_ef_search)
-    return PostgresStore(settings.store, pool_size=settings.postgres_pool_size, timeout=settings.postgres_timeout,
-                         hnsw=hnsw)
+# ---------------------------------------------------------------- compression
 
 
 def build_compression(settings: Settings) -> CompressionService:
-    """The compression service: LLMLingua scoring, protected spans, results stored in the data dir."""
+    """The compression service: LLMLingua scoring, protected spans, results kept in the data dir (also with a
+    shared store: a compression is a function of the prompt, each machine keeps its own)."""
     policy = CompressionPolicy(
         rate=settings.compression_rate, min_tokens=settings.compression_min_tokens, wait=settings.compression_wait,
         fingerprint="|".join([settings.compression_method, settings.compression_model,
                               settings.compression_keep_start, settings.compression_keep_end]),
     )
     return CompressionService(load_compressor=partial(load_compressor, settings),
-                              db_path=settings.data_dir / "compression.sqlite3", policy=policy)
+                              results=SqliteStorage(settings.data_dir), policy=policy)
 
 
 def load_compressor(settings: Settings) -> Compressor:
@@ -105,41 +127,62 @@ def load_compressor(settings: Settings) -> Compressor:
     return SpanSafeCompressor(scorer, keep_markers=(settings.compression_keep_start, settings.compression_keep_end))
 
 
-def compression_layer(app: ASGIApp, settings: Settings, service: CompressionService | None = None) -> ASGIApp:
-    """`app` behind the compression middleware, if compression is on."""
-    if not settings.compression_enabled:
-        return app
-    return CompressionMiddleware(app, service=service or build_compression(settings),
-                                 max_body_bytes=settings.max_body_bytes)
+def compression_state(service: CompressionService | None) -> str:
+    """What /healthz says of compression."""
+    if service is None:
+        return "off"
+    if service.problem is not None:
+        return f"failed: {service.problem}"
+    return "ready" if service.ready else "loading"
 
 
-def stats_layer(app: ASGIApp, settings: Settings, cache: SemanticCache, *, proxy_mode: bool = True) -> ASGIApp:
-    """`app` behind the statistics layer (request log, Prometheus metrics, admin endpoints), if it is on."""
-    if not settings.stats_enabled:
-        return app
-    entries = partial(_count_entries, settings.db_path) if settings.store is None else cache.entry_count
-    metrics = Metrics(cache_entries=entries)
+# ---------------------------------------------------------------- the layers, in both modes
+
+
+def build_layers(inner: ASGIApp, settings: Settings, *, cache: SemanticCache, storage: Storage,
+                 compression: CompressionService | None, proxy_mode: bool,
+                 routes: Mapping[str, Kind] = DEFAULT_ROUTES) -> ASGIApp:
+    """Stats( Cache( Compression( UpstreamTimer( inner ) ) ) ), each layer only where it is switched on."""
+    app: ASGIApp = UpstreamTimer(_closing(inner, storage.close))
+    if compression is not None:
+        app = CompressionMiddleware(app, service=compression, max_body_bytes=settings.max_body_bytes)
+    app = CacheMiddleware(app, settings=settings, cache=cache, routes=routes)
+    if settings.stats_enabled:
+        app = _stats_layer(app, settings, cache, storage, proxy_mode=proxy_mode)
+    return app
+
+
+def _stats_layer(app: ASGIApp, settings: Settings, cache: SemanticCache, storage: Storage, *,
+                 proxy_mode: bool) -> ASGIApp:
+    """`app` behind the statistics layer: request log, Prometheus metrics, admin endpoints."""
+    metrics = Metrics(cache_entries=cache.entry_count)
     request_log = RequestLog(
-        settings.stats_location, prices=PriceTable(settings.prices), count=partial(_token_counter, settings.data_dir),
+        storage, prices=PriceTable(settings.prices), count=partial(_token_counter, settings.data_dir),
         retention_days=settings.stats_retention_days, prompt_chars=settings.stats_prompt_chars,
         listeners=[metrics.observe],
     )
     metrics.dropped.set_function(lambda: request_log.dropped)
     return StatsMiddleware(
-        app, log=request_log, metrics=metrics, access=AdminAccess(settings.admin_token, settings.admin_remote),
-        tenant_of=partial(_tenant_of, settings, cache),
-        default_upstream=urllib.parse.urlsplit(settings.upstream).netloc if proxy_mode else "app",
+        app, log=request_log, source=storage, metrics=metrics,
+        access=AdminAccess(settings.admin_token, settings.admin_remote), tenant_of=partial(_tenant_of, settings, cache),
+        default_upstream=httpx.URL(settings.upstream).netloc.decode() if proxy_mode else "app",
         # In middleware mode the app's own /metrics (if any) stays the app's.
         metrics_paths=("/metrics", "/semproxy/metrics") if proxy_mode else ("/semproxy/metrics",),
         max_body_bytes=settings.max_body_bytes, show_prompt_text=settings.stats_prompt_chars > 0,
     )
 
 
-def middleware_layers(app: ASGIApp, cache_layer: ASGIApp, settings: Settings,
-                      cache: SemanticCache) -> tuple[ASGIApp, ASGIApp]:
-    """Middleware mode: (what the cache layer wraps, what wraps the cache layer) around the user's app."""
-    inner = compression_layer(UpstreamTimer(app), settings)
-    return inner, stats_layer(cache_layer, settings, cache, proxy_mode=False)
+def _closing(app: ASGIApp, close: Callable[[], None]) -> ASGIApp:
+    """`app`, with `close` run when the server shuts down: after every outer layer's own shutdown hook (the
+    log's last batch, the cache's last writes), since this one wraps the innermost receive."""
+
+    async def closing(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            receive = lifespan_hooks(receive, on_startup=lambda: None,
+                                     on_shutdown=partial(anyio.to_thread.run_sync, close))
+        await app(scope, receive, send)
+
+    return closing
 
 
 def _tenant_of(settings: Settings, cache: SemanticCache, scope: Scope) -> str | None:
@@ -162,25 +205,7 @@ def _token_counter(data_dir: Path) -> TokenCounter:
         return lambda text, _model: (len(text) + 3) // 4
 
 
-def _count_entries(db_path: Path) -> float:
-    """Entries in the cache, read from its SQLite file (for the metrics gauge)."""
-    if not db_path.exists():
-        return 0.0
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
-    try:
-        return float(db.execute("SELECT count(*) FROM entries").fetchone()[0])
-    except sqlite3.Error:
-        return float("nan")
-    finally:
-        db.close()
-
-
-def _compression_state(service: CompressionService | None) -> str:
-    if service is None:
-        return "off"
-    if service.problem is not None:
-        return f"failed: {service.problem}"
-    return "ready" if service.ready else "loading"
+# ---------------------------------------------------------------- proxy mode
 
 
 def build_transport() -> httpx.AsyncBaseTransport:
@@ -215,26 +240,36 @@ def build_app(
     settings: Settings,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
+    storage: Storage | None = None,
     cache: SemanticCache | None = None,
     compression: CompressionService | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> ASGIApp:
-    """The stand-alone proxy. `transport` replaces the network (tests pass an httpx.MockTransport);
-    `clock` drives the circuit breakers' cooldowns and latency freshness."""
-    cache = cache or build_cache(settings)
-    transport = transport or build_transport()
-    proxy = build_upstream(settings, transport, clock=clock)
+    """The stand-alone proxy. `transport` replaces the network (tests pass an httpx.MockTransport); a `cache`
+    passed in should be built on the same `storage`; `clock` drives the breakers' cooldowns and latencies."""
+    storage = storage or build_storage(settings)
+    cache = cache or build_cache(settings, storage=storage)
+    if not settings.compression_enabled:
+        compression = None
+    elif compression is None:
+        compression = build_compression(settings)
+    inner = _service(build_upstream(settings, transport or build_transport(), clock=clock), settings, cache,
+                     compression)
+    return build_layers(inner, settings, cache=cache, storage=storage, compression=compression, proxy_mode=True)
+
+
+def _service(proxy: UpstreamProxy, settings: Settings, cache: SemanticCache,
+             compression: CompressionService | None) -> ASGIApp:
+    """/v1/* to the upstream proxy; /healthz and a 404 in OpenAI's shape from a small Starlette app."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         yield
-        await transport.aclose()
-
-    compression = compression or (build_compression(settings) if settings.compression_enabled else None)
+        await proxy.transport.aclose()
 
     async def healthz(_: Request) -> JSONResponse:
         status, report = cache.health() if settings.cache_enabled else (200, {"status": "ok", "cache": False})
-        report["compression"] = _compression_state(compression)
+        report["compression"] = compression_state(compression)
         return JSONResponse(report, status_code=status)
 
     async def not_found(request: Request, _: Exception) -> Response:
@@ -252,5 +287,29 @@ def build_app(
         else:
             await service(scope, receive, send)
 
-    inner = compression_layer(UpstreamTimer(route), settings, compression)
-    return stats_layer(SemanticCacheMiddleware(inner, settings=settings, cache=cache), settings, cache)
+    return route
+
+
+# ---------------------------------------------------------------- middleware mode
+
+
+class SemanticCacheMiddleware:
+    """Middleware mode: semproxy's layers (statistics, cache, compression) around an existing ASGI app.
+
+        app.add_middleware(SemanticCacheMiddleware, settings=load_settings())   # Starlette or FastAPI
+
+    It caches POST /v1/chat/completions, /v1/completions and /v1/embeddings (`routes` changes the paths),
+    compresses system prompts on their way to the app, and answers GET /semproxy/healthz.
+    """
+
+    def __init__(self, app: ASGIApp, *, settings: Settings | None = None,
+                 routes: Mapping[str, Kind] = DEFAULT_ROUTES) -> None:
+        self.settings = settings = settings or Settings()
+        self.storage = build_storage(settings)
+        self.cache = build_cache(settings, storage=self.storage)
+        compression = build_compression(settings) if settings.compression_enabled else None
+        self.app = build_layers(app, settings, cache=self.cache, storage=self.storage, compression=compression,
+                                proxy_mode=False, routes=routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)

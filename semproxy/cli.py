@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     _common(stats)
     stats.add_argument("--since", default="24h", help="how far back: 90m, 24h, 7d, ... (default 24h)")
     stats.add_argument("--by", choices=("model", "tenant", "upstream", "endpoint"), help="add a table per group")
-    stats.add_argument("--json", action="store_true", help="print the figures as JSON (keys in the README)")
+    stats.add_argument("--json", action="store_true", help="print the figures as JSON (keys: docs/statistics.md)")
     stats.add_argument("--top", type=int, default=10, help="how many repeated prompts to list (default 10)")
     stats.add_argument("--buckets", type=int, default=24, help="intervals in the hit-rate chart (default 24)")
     stats.add_argument("--hashes", action="store_true", help="show prompt hashes even where text was logged")
@@ -119,15 +119,19 @@ def _stats(settings: Settings, args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
+    from semproxy.app import build_storage
     from semproxy.stats import report, terminal
 
+    storage = build_storage(settings)
     try:
-        figures = report.summarize(settings.stats_location, since_seconds=report.parse_duration(args.since), by=args.by,
+        figures = report.summarize(storage, since_seconds=report.parse_duration(args.since), by=args.by,
                                    top=max(0, args.top), buckets=max(1, min(200, args.buckets)),
                                    show_text=not args.hashes)
     except ConfigError as exc:
         print(f"semproxy: {exc}", file=sys.stderr)
         return 2
+    finally:
+        storage.close()
     if args.json:
         print(json.dumps(figures, indent=2))
     else:
@@ -193,44 +197,38 @@ def _print_points(count: int, positives: int, points: Any, configured: Any, base
 
 
 def _cache_clear(settings: Settings, args: argparse.Namespace) -> int:
-    from semproxy.app import open_store
+    from semproxy.app import build_storage
     from semproxy.cache.keys import tenant_id
+    from semproxy.cache.maintenance import tenant_hashes
 
-    if args.tenant is not None and settings.store:
-        print("semproxy: --tenant erases from the embedded store only; on PostgreSQL delete the tenant's rows "
-              "from semproxy_entries and semproxy_requests", file=sys.stderr)
-        return 2
-    store = open_store(settings)
+    storage = build_storage(settings)
     try:
+        storage.open()
+        salt = storage.tenant_salt()
         if args.tenant is not None:
-            return _erase_tenant(settings, store.salt, args.tenant)
-        tenant = None if args.namespace is None else tenant_id(api_key=None, namespace=args.namespace,
-                                                               salt=store.salt)
-        removed = store.clear(tenant=tenant)
+            entries, rows = storage.erase_tenants(tenant_hashes(args.tenant.strip(), salt))
+            print(f"removed {entries} entries and {rows} request-log rows of the tenant")
+            return 0
+        tenants = None if args.namespace is None else {tenant_id(api_key=None, namespace=args.namespace, salt=salt)}
+        removed = storage.clear_entries(tenants=tenants)
     finally:
-        store.close()
+        storage.close()
     where = "" if args.namespace is None else f" from namespace {args.namespace!r}"
     print(f"removed {removed} entries{where}")
     return 0
 
 
-def _erase_tenant(settings: Settings, salt: bytes, who: str) -> int:
-    from semproxy.cache.maintenance import erase, tenant_hashes
-
-    tenants = tenant_hashes(who.strip(), salt)
-    entries = erase(settings.db_path, "entries", tenants)
-    rows = erase(settings.stats_path, "requests", tenants)
-    print(f"removed {entries} entries and {rows} request-log rows of the tenant")
-    return 0
-
-
 def _cache_check(settings: Settings, args: argparse.Namespace) -> int:
-    import dataclasses
     import json
 
     from semproxy.cache.maintenance import check
+    from semproxy.storage.sqlite import SqliteStorage
 
-    report = check(settings)
+    if settings.store is not None:
+        print("semproxy: cache check verifies the embedded data dir; PostgreSQL checks its own tables",
+              file=sys.stderr)
+        return 2
+    report = check(SqliteStorage(settings.data_dir), large_scope_entries=settings.large_scope_entries)
     if args.json:
         print(json.dumps({**dataclasses.asdict(report), "ok": report.ok}, indent=2))
     else:
@@ -245,13 +243,13 @@ def _cache_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cache_info(settings: Settings, _: argparse.Namespace) -> int:
-    from semproxy.app import open_store
+    from semproxy.app import build_storage
 
-    store = open_store(settings)
+    storage = build_storage(settings)
     try:
-        count = store.count()
+        count = storage.count_entries()
     finally:
-        store.close()
+        storage.close()
     print(f"{count} entries in {_redacted(settings.store) if settings.store else settings.db_path}")
     return 0
 
@@ -260,7 +258,7 @@ def _db_migrate(settings: Settings, _: argparse.Namespace) -> int:
     if settings.store is None:
         print("semproxy: db migrate needs a postgresql:// store (--store or the `store` setting)", file=sys.stderr)
         return 2
-    from semproxy.cache.postgres import migrate
+    from semproxy.storage.postgres_schema import migrate
 
     before, after = migrate(settings.store)
     print(f"schema version {after}" + ("" if before == after else f" (was {before})"))

@@ -13,9 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from semproxy.app import build_app, build_cache
+from semproxy.app import build_app, build_cache, build_storage
 from semproxy.cache.service import SemanticCache
 from semproxy.config import Settings
+from semproxy.storage import Storage
 from tests import pg
 from tests.fakes import FakeOpenAI, HashingEmbedder
 
@@ -86,23 +87,27 @@ ProxyFactory = Callable[..., "AsyncIterator[Proxy]"]
 @pytest.fixture
 async def make_proxy(upstream: FakeOpenAI, embedder: HashingEmbedder, settings: Settings):  # type: ignore[no-untyped-def]
     """Build (and start) a proxy; `await make_proxy(settings=..., embedder=...)` to vary the parts."""
-    started: list[tuple[SemanticCache, httpx.AsyncClient]] = []
+    started: list[tuple[SemanticCache, httpx.AsyncClient, Storage]] = []
 
     async def make(*, settings: Settings = settings, embedder: HashingEmbedder | None = embedder,
                    start: bool = True, compression: object = None, transport: httpx.AsyncBaseTransport | None = None,
                    **cache_options: object) -> Proxy:
-        cache = build_cache(settings, load_embedder=(lambda: embedder) if embedder else None, **cache_options)
-        app = build_app(settings, transport=transport or upstream.transport(), cache=cache, compression=compression)
+        storage = build_storage(settings)
+        cache = build_cache(settings, storage=storage, load_embedder=(lambda: embedder) if embedder else None,
+                            **cache_options)
+        app = build_app(settings, transport=transport or upstream.transport(), storage=storage, cache=cache,
+                        compression=compression)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://semproxy.test")
         if start:
             await cache.start()
-        started.append((cache, client))
+        started.append((cache, client, storage))
         return Proxy(app, cache, client)
 
     yield make
-    for cache, client in started:
+    for cache, client, storage in started:
         await client.aclose()
         await cache.close()
+        storage.close()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from semproxy.cache.records import Vector
+from semproxy.storage.records import Vector
 
 # ---------------------------------------------------------------- embedders
 

@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 
 from semproxy.cache.keys import make_key, tenant_id
-from semproxy.cache.records import NewEntry
-from semproxy.cache.store import SqliteStore
 from semproxy.cli import main
+from semproxy.storage.records import NewEntry
+from semproxy.storage.sqlite import SqliteStorage
 
 
 def _fill(data_dir: Path) -> None:
-    store = SqliteStore(data_dir / "cache.sqlite3")
+    store = SqliteStorage(data_dir)
     for namespace in ("team-a", "team-b", None):
-        tenant = tenant_id(api_key="sk-x", namespace=namespace, salt=store.salt)
+        tenant = tenant_id(api_key="sk-x", namespace=namespace, salt=store.tenant_salt())
         body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
         key = make_key("chat", body, tenant=tenant)
-        store.put(NewEntry(key=key, response=b"{}", vector=np.ones(4, np.float32), ttl_seconds=0), now=1.0)
+        store.put_entry(NewEntry(key=key, response=b"{}", vector=np.ones(4, np.float32), ttl_seconds=0), now=1.0)
 
 
 def test_cache_clear_by_namespace_then_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,6 +10,7 @@ import pytest
 from semproxy.compress.compressor import SpanSafeCompressor
 from semproxy.compress.service import CompressionPolicy, CompressionService
 from semproxy.config import Settings
+from semproxy.storage.sqlite import SqliteStorage
 from tests.compress.test_spans_and_tokens import MUST_SURVIVE, PROMPT
 from tests.fakes import FakeOpenAI, FakeScorer
 
@@ -19,7 +20,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("offline_encodings")]
 def _service(tmp_path: Path, *, wait: bool = False) -> CompressionService:
     return CompressionService(
         load_compressor=lambda: SpanSafeCompressor(FakeScorer(), keep_markers=("<keep>", "</keep>")),
-        db_path=tmp_path / "compression.sqlite3", policy=CompressionPolicy(rate=0.5, min_tokens=50, wait=wait))
+        results=SqliteStorage(tmp_path), policy=CompressionPolicy(rate=0.5, min_tokens=50, wait=wait))
 
 
 @pytest.fixture
@@ -107,7 +108,7 @@ async def test_a_compressor_that_cannot_load_never_fails_a_request(make_proxy, s
     def cannot_load() -> SpanSafeCompressor:
         raise OSError("no model")
 
-    service = CompressionService(load_compressor=cannot_load, db_path=tmp_path / "c.sqlite3",
+    service = CompressionService(load_compressor=cannot_load, results=SqliteStorage(tmp_path / "c"),
                                  policy=CompressionPolicy())
     proxy = await make_proxy(settings=dataclasses.replace(settings, compression_enabled=True), compression=service)
     service.start()

@@ -80,7 +80,7 @@ def test_the_annotated_example_config_is_valid_and_complete() -> None:
 def test_the_commented_upstreams_example_is_valid_and_complete(tmp_path: Path) -> None:
     import dataclasses
 
-    from semproxy.upstream.config import UpstreamConfig
+    from semproxy.config import UpstreamConfig
 
     text = (Path(__file__).resolve().parents[1] / "examples" / "semproxy.toml").read_text()
     _, tables = _commented_tables(text)

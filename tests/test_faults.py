@@ -13,8 +13,7 @@ import httpx
 import pytest
 
 from semproxy.app import build_app, build_cache
-from semproxy.config import Settings
-from semproxy.upstream.config import UpstreamConfig
+from semproxy.config import Settings, UpstreamConfig
 from tests.fault_upstream import EXPECTED, FaultUpstream, open_fds, open_sockets, run_faults, settled
 from tests.servers import ThreadServer, free_port
 

@@ -25,6 +25,7 @@ from semproxy.app import build_app, build_cache
 from semproxy.compress.compressor import SpanSafeCompressor
 from semproxy.compress.service import CompressionPolicy, CompressionService
 from semproxy.config import Settings
+from semproxy.storage.sqlite import SqliteStorage
 from tests.fakes import FakeScorer, HashingEmbedder
 
 EXAMPLES = int(os.environ.get("SEMPROXY_FUZZ_EXAMPLES", "150"))
@@ -71,7 +72,7 @@ def client(tmp_path_factory: pytest.TempPathFactory, offline_encodings: Path) ->
                     verify_hits=False, max_body_bytes=MAX_BODY)
     compression = CompressionService(
         load_compressor=lambda: SpanSafeCompressor(FakeScorer(), keep_markers=("<keep>", "</keep>")),
-        db_path=tmp / "compression.sqlite3", policy=CompressionPolicy(rate=0.5, min_tokens=5, wait=True))
+        results=SqliteStorage(tmp), policy=CompressionPolicy(rate=0.5, min_tokens=5, wait=True))
     cache = build_cache(base, load_embedder=HashingEmbedder)
     app = build_app(dataclasses.replace(base, compression_enabled=True), transport=httpx.MockTransport(_upstream),
                     cache=cache, compression=compression)

@@ -127,7 +127,7 @@ async def test_a_failing_store_never_fails_the_request(proxy: Proxy, settings: S
     await proxy.chat("hello there")
     store = proxy.cache._store
     assert store is not None
-    store.entries._connection().execute("DROP TABLE exact_keys")  # the database breaks under the running proxy
+    store.storage.connection("cache.sqlite3").execute("DROP TABLE exact_keys")  # it breaks under the running proxy
     for prompt in ("hello there", "something new"):
         response = await proxy.chat(prompt)
         assert response.status_code == 200

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from semproxy.app import build_app, open_store
+from semproxy.app import build_app, build_storage, open_entry_store
 from semproxy.cache.service import CachePolicy, SemanticCache
 from semproxy.cli import main
 from semproxy.config import Settings
@@ -174,9 +174,10 @@ async def test_a_replica_started_while_postgres_is_down_forwards_then_opens_the_
     server, url = own_server
     pg.stop_server(server)
     shared = dataclasses.replace(settings, store=url, postgres_timeout=1.0)
-    cache = SemanticCache(open_store=partial(open_store, shared), load_embedder=lambda: HashingEmbedder(),
+    storage = build_storage(shared)
+    cache = SemanticCache(open_store=partial(open_entry_store, shared, storage), load_embedder=HashingEmbedder,
                           policy=CachePolicy(maintenance_seconds=0.3))
-    app = build_app(shared, transport=upstream.transport(), cache=cache)
+    app = build_app(shared, transport=upstream.transport(), storage=storage, cache=cache)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         proxy = Proxy(app, cache, client)
         await cache.start()
@@ -187,14 +188,16 @@ async def test_a_replica_started_while_postgres_is_down_forwards_then_opens_the_
         await _eventually(lambda: proxy.chat("once it is up"), "exact")
         assert cache.semantic_ready and cache.problems == []
         await cache.close()
+        storage.close()
 
 
 _WRITER = textwrap.dedent("""
     import sys, numpy as np
     from semproxy.cache.keys import make_key
-    from semproxy.cache.postgres import PostgresStore
-    from semproxy.cache.records import NewEntry
-    store = PostgresStore(sys.argv[1])
+    from semproxy.storage.pgvector import PostgresEntries
+    from semproxy.storage.postgres import PostgresStorage
+    from semproxy.storage.records import NewEntry
+    store = PostgresEntries(PostgresStorage(sys.argv[1]))
     store.enable_vectors(8, now=0.0)
     print("ready", flush=True)
     i = 0
@@ -245,9 +248,9 @@ def test_the_store_setting_takes_a_postgresql_url_or_nothing() -> None:
 
     with pytest.raises(ConfigError, match="postgresql://"):
         Settings(store="mysql://db/semproxy")
-    assert Settings(store="").store is None and Settings().stats_location == Settings().stats_path
+    assert Settings(store="").store is None
     settings = load_settings(environ={"SEMPROXY_STORE": "postgresql://u:pw@db/semproxy"})
-    assert settings.store == settings.stats_location == "postgresql://u:pw@db/semproxy"
+    assert settings.store == "postgresql://u:pw@db/semproxy"
     with pytest.raises(ConfigError, match="hnsw_ef_construction"):
         Settings(hnsw_m=32, hnsw_ef_construction=40)
 

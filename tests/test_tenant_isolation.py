@@ -24,6 +24,7 @@ import pytest
 from semproxy.compress.compressor import SpanSafeCompressor
 from semproxy.compress.service import CompressionPolicy, CompressionService
 from semproxy.config import Settings
+from semproxy.storage.sqlite import SqliteStorage
 from tests.compress.test_spans_and_tokens import PROMPT as LONG_SYSTEM_PROMPT
 from tests.conftest import Proxy
 from tests.fakes import FakeOpenAI, FakeScorer
@@ -79,7 +80,7 @@ def _text(response: httpx.Response, stream: bool) -> str:
 async def signing_proxy(make_proxy, settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
     service = CompressionService(
         load_compressor=lambda: SpanSafeCompressor(FakeScorer(), keep_markers=("<keep>", "</keep>")),
-        db_path=settings.data_dir / "compression.sqlite3", policy=CompressionPolicy(rate=0.5, min_tokens=50))
+        results=SqliteStorage(settings.data_dir), policy=CompressionPolicy(rate=0.5, min_tokens=50))
     upstream = SigningUpstream(seed=3)
     proxy = await make_proxy(settings=dataclasses.replace(settings, compression_enabled=True),
                              compression=service, transport=upstream.transport())

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from semproxy.cache.embedder import Embedder
-from semproxy.cache.records import Vector
-from semproxy.stats import timing
+from semproxy.storage.records import Vector
+from semproxy.types import RequestFacts, current_facts
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,7 +51,7 @@ class BatchingEmbedder:
 
     async def _submit(self, text: str, then: Callable[[Vector], Any] | None) -> tuple[Vector | None, Any]:
         queue = self._ensure_worker()
-        job = _Job(text, then, asyncio.get_running_loop().create_future(), timing.current())
+        job = _Job(text, then, asyncio.get_running_loop().create_future(), current_facts())
         await queue.put(job)
         return await job.future
 
@@ -93,7 +93,7 @@ class BatchingEmbedder:
         vectors = self._embedder.embed([jobs[i].text for i in fitting]) if fitting else None
         elapsed = time.perf_counter() - started
         for i in fitting:  # each request waited for the whole forward pass
-            timing.add_ms(jobs[i].timings, "embed_ms", elapsed)
+            _add_ms(jobs[i].facts, "embed_ms", elapsed)
         by_job: dict[int, Vector] = {i: vectors[row] for row, i in enumerate(fitting)} if vectors is not None else {}
         return [self._follow_up(job, by_job.get(i)) for i, job in enumerate(jobs)]
 
@@ -107,7 +107,7 @@ class BatchingEmbedder:
         except Exception as exc:
             return exc
         finally:
-            timing.add_ms(job.timings, "search_ms", time.perf_counter() - started)
+            _add_ms(job.facts, "search_ms", time.perf_counter() - started)
 
     async def aclose(self) -> None:
         """Stop the worker; waiting callers get a CancelledError."""
@@ -122,4 +122,9 @@ class _Job:
     text: str
     then: Callable[[Vector], Any] | None
     future: asyncio.Future[tuple[Vector | None, Any]]
-    timings: dict[str, Any] | None = None  # the request's info dict, for the statistics
+    facts: RequestFacts | None = None  # the request's record, for the statistics
+
+
+def _add_ms(facts: RequestFacts | None, stage: str, seconds: float) -> None:
+    if facts is not None:
+        facts.add_ms(stage, seconds)

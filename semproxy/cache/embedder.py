@@ -8,9 +8,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from semproxy.cache.records import Vector
 from semproxy.config import DEFAULT_EMBEDDING_MODEL
 from semproxy.errors import ConfigError
+from semproxy.storage.records import Vector
 
 
 class Embedder(Protocol):

@@ -12,30 +12,14 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from semproxy.cache.records import Vector
+from semproxy.storage.records import Vector
 
 Ids = NDArray[np.int64]
-
-
-class VectorIndex(Protocol):
-    """Scoped nearest-neighbour search over entry ids."""
-
-    def add(self, scope: str, ids: Sequence[int], vectors: Vector) -> None:
-        """Add vectors (one row per id) to a scope."""
-        ...
-
-    def search(self, scope: str, vector: Vector, k: int) -> list[tuple[int, float]]:
-        """Up to k (id, similarity) pairs of the scope, most similar first."""
-        ...
-
-    def remove(self, scope: str, ids: Sequence[int]) -> None:
-        """Forget ids; unknown ids are ignored."""
-        ...
 
 
 def _faiss() -> Any:

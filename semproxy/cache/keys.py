@@ -7,8 +7,8 @@ import hmac
 import json
 from typing import Any
 
-from semproxy.cache.records import CacheKey
 from semproxy.openai import JSON, Kind, prompt_text
+from semproxy.storage.records import CacheKey
 
 # Fields that change how an answer is delivered or logged upstream, never what it says.
 DELIVERY_FIELDS = frozenset({

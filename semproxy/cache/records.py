@@ -1,64 +1,30 @@
-"""Typed records that cross the cache's boundaries."""
+"""Typed records of the cache's decisions: hits, lookups, the verifier's verdicts, per-request controls.
+
+What is stored (keys, entries, vectors) is the storage's vocabulary: `semproxy.storage.records`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Literal
 
-import numpy as np
-from numpy.typing import NDArray
+from semproxy.storage.records import CacheEntry, Vector
 
-from semproxy.cache.verifier import Verdict
-from semproxy.openai import Kind
-
-Vector = NDArray[np.float32]
 Tier = Literal["exact", "semantic"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class CacheKey:
-    """Where a request belongs in the cache.
+class Verdict:
+    """The verifier's decision on one candidate, with the reason (for logs and `X-Semproxy-Verdict`)."""
 
-    `exact` identifies the whole normalized request; `scope` everything except the prompt text, so the
-    semantic tier only compares prompts whose answers could be interchangeable. Both include the tenant.
-    """
+    accepted: bool
+    score: float  # the model's estimate that the stored answer fits; 0 when a rule rejected it
+    reason: str
+    by_rule: bool = False  # decided by a rule, before the model
 
-    kind: Kind
-    tenant: str
-    scope: str
-    exact: str
-    model: str
-    prompt: str | None  # the text the semantic tier embeds; None means exact tier only
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class NewEntry:
-    """An upstream answer about to be stored."""
-
-    key: CacheKey
-    response: bytes  # the non-stream JSON form, whatever form the client asked for
-    vector: Vector | None
-    ttl_seconds: int  # 0 = never expires
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class CacheEntry:
-    """A stored answer as read back from a store."""
-
-    id: int
-    kind: Kind
-    tenant: str
-    scope: str
-    model: str
-    prompt: str | None
-    response: bytes
-    created_at: float
-    expires_at: float | None
-    vector: Vector | None = dataclasses.field(default=None, repr=False, compare=False)
-
-    def expired(self, now: float) -> bool:
-        """Whether the entry's TTL has run out."""
-        return self.expires_at is not None and self.expires_at <= now
+    def header(self) -> str:
+        """The compact form sent in `X-Semproxy-Verdict`."""
+        return f"{'accept' if self.accepted else 'reject'}; score={self.score:.3f}; {self.reason}"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -19,13 +19,14 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from semproxy.cache.backend import SemanticStore
 from semproxy.cache.batching import BatchingEmbedder
 from semproxy.cache.embedder import Embedder
 from semproxy.cache.keys import tenant_id
-from semproxy.cache.records import CacheEntry, CacheHit, CacheKey, Lookup, NewEntry, Vector
+from semproxy.cache.records import CacheHit, Lookup, Verdict
+from semproxy.cache.store import EntryStore
 from semproxy.cache.text import PromptFacts, analyze
-from semproxy.cache.verifier import Candidate, Verdict, Verifier
+from semproxy.cache.verifier import Candidate, Verifier
+from semproxy.storage.records import CacheEntry, CacheKey, NewEntry, Vector
 
 log = logging.getLogger("semproxy.cache")
 
@@ -49,7 +50,7 @@ class SemanticCache:
     def __init__(
         self,
         *,
-        open_store: Callable[[], SemanticStore],
+        open_store: Callable[[], EntryStore],
         load_embedder: Callable[[], Embedder] | None,
         policy: CachePolicy,
         load_verifier: Callable[[], Verifier] | None = None,
@@ -61,7 +62,7 @@ class SemanticCache:
         self._facts: Callable[[str], PromptFacts] = functools.lru_cache(maxsize=8192)(analyze)
         self._open_store, self._load_embedder = open_store, load_embedder
         self._clock = clock
-        self._store: SemanticStore | None = None
+        self._store: EntryStore | None = None
         self._embedder: BatchingEmbedder | None = None
         self._writer = anyio.CapacityLimiter(1)
         self._touched: dict[int, float] = {}
@@ -110,7 +111,8 @@ class SemanticCache:
 
     async def _open(self) -> None:
         store = await anyio.to_thread.run_sync(self._open_store)
-        self._count = await anyio.to_thread.run_sync(store.count)
+        self._count = await anyio.to_thread.run_sync(
+            lambda: store.sweep(now=self._clock(), keep=self.policy.max_entries, used={}))
         self._store = store
         if self._load_embedder is not None:
             await self._start_semantic(store)
@@ -124,7 +126,7 @@ class SemanticCache:
         self.problems.clear()
         log.info("cache store opened: %d entries", self._count)
 
-    async def _start_semantic(self, store: SemanticStore) -> None:
+    async def _start_semantic(self, store: EntryStore) -> None:
         assert self._load_embedder is not None
         embedder = await anyio.to_thread.run_sync(self._load_embedder)
         if self._load_verifier is not None:
@@ -142,7 +144,7 @@ class SemanticCache:
             await self._embedder.aclose()
         if self._store is not None:
             with contextlib.suppress(Exception):  # a database that went away: the touches are only LRU hints
-                await self._write(self._flush_touches)
+                await self._write(self._sweep)
             await anyio.to_thread.run_sync(self._store.close)
         self._started = False
 
@@ -182,13 +184,13 @@ class SemanticCache:
             return Lookup(hit=None)
         return await self._lookup_semantic(key, self.policy.threshold if threshold is None else threshold)
 
-    async def _lookup_exact(self, store: SemanticStore, key: CacheKey) -> CacheHit | None:
+    async def _lookup_exact(self, store: EntryStore, key: CacheKey) -> CacheHit | None:
         # A primary-key read from SQLite takes ~12 µs here; a hop to a worker thread and back ~100 µs. So
         # that one read runs on the event loop (WAL readers never wait for writers); a database's goes to a thread.
         if store.inline_reads:
-            entry = store.get_exact(key.exact)
+            entry = store.get(key.exact)
         else:
-            entry = await anyio.to_thread.run_sync(store.get_exact, key.exact)
+            entry = await anyio.to_thread.run_sync(store.get, key.exact)
         if entry is None or entry.tenant != key.tenant or entry.expired(self._clock()):
             return None
         self._touch(entry.id)
@@ -216,8 +218,8 @@ class SemanticCache:
         """Single flight across replicas sharing a store: hold the store's lock on the request while it is
         forwarded. If another replica holds it, wait (at most `flight_wait`) and yield the answer it stored;
         None means: forward it. A lock that cannot be taken (database down) never holds a request up."""
-        store = self._store
-        if store is None or not store.shared:
+        lock = None if self._store is None else self._store.flight_lock
+        if lock is None:
             yield None
             return
         held, waited = False, False
@@ -225,7 +227,7 @@ class SemanticCache:
         try:
             while not held:
                 try:
-                    held = await anyio.to_thread.run_sync(store.try_lock, key.exact)
+                    held = await anyio.to_thread.run_sync(lock.try_lock, key.exact)
                 except Exception:
                     log.warning("single-flight lock unavailable; forwarding", exc_info=True)
                     break
@@ -240,7 +242,7 @@ class SemanticCache:
         finally:
             if held:
                 with contextlib.suppress(Exception):
-                    await anyio.to_thread.run_sync(store.unlock, key.exact)
+                    await anyio.to_thread.run_sync(lock.unlock, key.exact)
 
     async def embed(self, key: CacheKey) -> Vector | None:
         """The prompt's vector for storing without a lookup (Cache-Control: no-cache); never raises."""
@@ -308,36 +310,15 @@ class SemanticCache:
         assert self._store is not None
         self._count += 1 - self._store.put(entry, now=self._clock())
         if self._count > self.policy.max_entries:
-            self._flush_touches()
-            self._store.evict(keep=self.policy.max_entries)
-            self._count = self.policy.max_entries
+            self._sweep()
 
     def _alias(self, exact_key: str, entry_id: int) -> None:
         assert self._store is not None
-        self._store.add_alias(exact_key, entry_id)
+        self._store.alias(exact_key, entry_id)
 
     def _touch(self, entry_id: int) -> None:
         with self._touch_lock:
             self._touched[entry_id] = self._clock()
-
-    def _flush_touches(self) -> None:
-        assert self._store is not None
-        with self._touch_lock:
-            touched, self._touched = self._touched, {}
-        if touched:
-            self._store.touch(touched)
-
-    async def clear(self, *, tenant: str | None = None) -> int:
-        """Remove every entry, or one tenant's; return how many."""
-        assert self._store is not None
-        removed: int = await self._write(self._clear, tenant)
-        return removed
-
-    def _clear(self, tenant: str | None) -> int:
-        assert self._store is not None
-        removed = self._store.clear(tenant=tenant)
-        self._count = self._store.count()
-        return removed
 
     # ---------------------------------------------------------------- housekeeping
 
@@ -359,10 +340,13 @@ class SemanticCache:
             await anyio.to_thread.run_sync(self._store.maintain)
 
     def _sweep(self) -> None:
+        """LRU times, expiry and eviction; the count is resynced (a shared store counts other replicas' too)."""
         assert self._store is not None
-        self._flush_touches()
-        self._store.delete_expired(now=self._clock())
-        self._count = self._store.count()
-        if self._count > self.policy.max_entries:  # a shared store: other replicas' entries count too
-            self._store.evict(keep=self.policy.max_entries)
-            self._count = self.policy.max_entries
+        with self._touch_lock:
+            touched, self._touched = self._touched, {}
+        try:
+            self._count = self._store.sweep(now=self._clock(), keep=self.policy.max_entries, used=touched)
+        except BaseException:
+            with self._touch_lock:  # keep the LRU times for the next sweep
+                self._touched = {**touched, **self._touched}
+            raise

@@ -24,22 +24,9 @@ from typing import Protocol
 import numpy as np
 
 from semproxy.cache.pair_model import FloatArray, PairModel, WordRarity, pair_vector
+from semproxy.cache.records import Verdict
 from semproxy.cache.rules import rule_rejection
 from semproxy.cache.text import PromptFacts
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Verdict:
-    """The verifier's decision on one candidate, with the reason (for logs and `X-Semproxy-Verdict`)."""
-
-    accepted: bool
-    score: float  # the model's estimate that the stored answer fits; 0 when a rule rejected it
-    reason: str
-    by_rule: bool = False  # decided by a rule, before the model
-
-    def header(self) -> str:
-        """The compact form sent in `X-Semproxy-Verdict`."""
-        return f"{'accept' if self.accepted else 'reject'}; score={self.score:.3f}; {self.reason}"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -13,13 +13,11 @@ import dataclasses
 import hashlib
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from semproxy.compress.compressor import ALGORITHM_VERSION, CompressionResult, Compressor
 from semproxy.compress.tokens import count_tokens
@@ -40,18 +38,28 @@ class CompressionPolicy:
     fingerprint: str = ""  # method, model and protection settings: part of every stored result's key
 
 
+class ResultStore(Protocol):
+    """Where compressions are kept across restarts (compression.sqlite3 in the data dir)."""
+
+    def stored_compression(self, key: str) -> str | None:
+        """The result stored under `key` (JSON), if any."""
+        ...
+
+    def store_compression(self, key: str, result: str, *, now: float) -> None:
+        """Keep a result."""
+        ...
+
+
 class CompressionService:
     """Looks up, schedules and stores compressions; never raises into a request."""
 
-    def __init__(self, *, load_compressor: Callable[[], Compressor], db_path: Path,
+    def __init__(self, *, load_compressor: Callable[[], Compressor], results: ResultStore,
                  policy: CompressionPolicy) -> None:
         self.policy = policy
         self._load_compressor = load_compressor
-        self._db_path = db_path
+        self._results = results
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="semproxy-compress")
         self._compressor: Compressor | None = None
-        self._db: sqlite3.Connection | None = None
-        self._db_lock = threading.Lock()
         self._memory: OrderedDict[str, CompressionResult | None] = OrderedDict()  # None: below min_tokens
         self._memory_lock = threading.Lock()
         self._pending: set[str] = set()
@@ -68,7 +76,6 @@ class CompressionService:
 
     def _load(self) -> None:
         try:
-            self._db = self._open_db()
             self._compressor = self._load_compressor()
             log.info("compression ready (rate %.2f, prompts of %d tokens or more)", self.policy.rate,
                      self.policy.min_tokens)
@@ -76,14 +83,6 @@ class CompressionService:
             self.problem = f"{type(exc).__name__}: {exc}"
             log.error("compression is off: the compressor could not load (%s); prompts go out as they are",
                       self.problem)
-
-    def _open_db(self) -> sqlite3.Connection:
-        self._db_path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self._db_path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("CREATE TABLE IF NOT EXISTS compressions (key TEXT PRIMARY KEY, result TEXT NOT NULL, "
-                   "created_at REAL NOT NULL)")
-        return db
 
     @property
     def ready(self) -> bool:
@@ -153,23 +152,15 @@ class CompressionService:
                 self._memory.popitem(last=False)
 
     def _stored(self, key: str) -> CompressionResult | None:
-        if self._db is None:
+        stored = self._results.stored_compression(key)
+        if stored is None:
             return None
-        with self._db_lock:
-            row = self._db.execute("SELECT result FROM compressions WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            return None
-        data: dict[str, Any] = json.loads(row[0])
+        data: dict[str, Any] = json.loads(stored)
         return CompressionResult(original=data["original"], compressed=data["compressed"],
                                  tokens={k: (v[0], v[1]) for k, v in data["tokens"].items()})
 
     def _store(self, key: str, result: CompressionResult) -> None:
-        if self._db is None:
-            return
-        payload = json.dumps(dataclasses.asdict(result))
-        with self._db_lock:
-            self._db.execute("INSERT OR REPLACE INTO compressions(key, result, created_at) VALUES (?, ?, ?)",
-                             (key, payload, time.time()))
+        self._results.store_compression(key, json.dumps(dataclasses.asdict(result)), now=time.time())
 
     def drain(self, timeout: float = 60.0) -> None:
         """Wait until queued compressions are done (for tests and benchmarks)."""

@@ -1,7 +1,7 @@
-"""SemanticCacheMiddleware: the exact + semantic response cache as a pure ASGI layer.
+"""CacheMiddleware: the exact + semantic response cache as a pure ASGI layer.
 
 It sits in front of anything that answers OpenAI-shaped requests: semproxy's own upstream proxy, or a
-Starlette / FastAPI app's routes (`app.add_middleware(SemanticCacheMiddleware, settings=Settings())`).
+Starlette / FastAPI app's routes (middleware mode). It is given its cache; `semproxy.app` builds both.
 """
 
 from __future__ import annotations
@@ -14,30 +14,31 @@ from collections.abc import Mapping
 from typing import Any
 
 from semproxy.cache.keys import make_key, uncacheable_reason
-from semproxy.cache.records import CacheHit, CacheKey, Controls, Lookup
+from semproxy.cache.records import CacheHit, Controls, Lookup
 from semproxy.cache.service import SemanticCache
 from semproxy.cache.singleflight import SingleFlight
 from semproxy.config import Settings
 from semproxy.errors import HTTPError, RequestError
 from semproxy.middleware import controls
-from semproxy.middleware.asgi import (
+from semproxy.middleware.capture import ResponseCapture
+from semproxy.middleware.timing_mask import LatencySamples
+from semproxy.openai import JSON, Kind, is_stream, parse_body, replay_stream, wants_usage_chunk
+from semproxy.storage.records import CacheKey
+from semproxy.types import (
     JSON_HEADERS,
     SSE_HEADERS,
     ASGIApp,
     Receive,
     Scope,
     Send,
+    facts,
     header,
     lifespan_hooks,
     read_body,
     replay,
-    request_info,
     route_path,
     send_response,
 )
-from semproxy.middleware.capture import ResponseCapture
-from semproxy.middleware.timing_mask import LatencySamples
-from semproxy.openai import JSON, Kind, is_stream, parse_body, replay_stream, wants_usage_chunk
 
 log = logging.getLogger("semproxy.cache")
 
@@ -51,25 +52,13 @@ DEFAULT_ROUTES: Mapping[str, Kind] = {
 HEALTH_PATH = "/semproxy/healthz"  # in middleware mode too, where the app's own /healthz may mean something else
 
 
-class SemanticCacheMiddleware:
+class CacheMiddleware:
     """Answers repeated and near-duplicate requests from the cache; forwards and stores the rest."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        settings: Settings | None = None,
-        cache: SemanticCache | None = None,
-        routes: Mapping[str, Kind] = DEFAULT_ROUTES,
-    ) -> None:
-        self.settings = settings or Settings()
-        self._outer: ASGIApp = self._handle
-        if cache is None:  # middleware mode: the composition root picks the concrete parts
-            from semproxy.app import build_cache, middleware_layers
-
-            cache = build_cache(self.settings)
-            app, self._outer = middleware_layers(app, self._handle, self.settings, cache)
+    def __init__(self, app: ASGIApp, *, settings: Settings, cache: SemanticCache,
+                 routes: Mapping[str, Kind] = DEFAULT_ROUTES) -> None:
         self.app = app
+        self.settings = settings
         self.cache = cache
         self.routes = dict(routes)
         self.flights = SingleFlight()
@@ -77,14 +66,11 @@ class SemanticCacheMiddleware:
         self._starting: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._outer(scope, receive, send)  # in middleware mode, through the statistics layer first
-
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self.app(scope, lifespan_hooks(receive, on_startup=self.start, on_shutdown=self.cache.close), send)
             return
         if scope["type"] == "http":
-            request_info(scope)  # created here, shared by the inner layers' copies of the scope
+            facts(scope)  # created here if no outer layer did, shared by the inner layers' copies of the scope
         path = route_path(scope) if scope["type"] == "http" else None
         if path == HEALTH_PATH:
             self.start()
@@ -108,7 +94,7 @@ class SemanticCacheMiddleware:
 class CacheResponder:
     """The state of one request through the cache."""
 
-    def __init__(self, middleware: SemanticCacheMiddleware, kind: Kind) -> None:
+    def __init__(self, middleware: CacheMiddleware, kind: Kind) -> None:
         self.middleware = middleware
         self.cache = middleware.cache
         self.settings = middleware.settings
@@ -116,7 +102,7 @@ class CacheResponder:
         self.shared = False  # whether the request reads a shared namespace
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.info = request_info(scope)
+        self.facts = facts(scope)
         self.started = time.perf_counter()
         try:
             raw = await read_body(receive, limit=self.settings.max_body_bytes,
@@ -130,7 +116,7 @@ class CacheResponder:
         scope = _identity_encoding(scope)
         receive = replay(raw, receive)
         if key is None or not (request_controls.lookup or request_controls.store):
-            self.info["cache"] = "bypass"
+            self.facts.cache = "bypass"
             capture = ResponseCapture(send, kind=self.kind, stream=is_stream(body), outcome="bypass", store=None)
             await self.middleware.app(scope, receive, capture)
             await capture.finish()
@@ -179,10 +165,10 @@ class CacheResponder:
         async def store(response: bytes) -> None:
             await self.cache.put(key, response, vector=lookup.vector, ttl_seconds=request_controls.ttl_seconds)
 
-        self.info["cache"] = outcome
+        self.facts.cache = outcome
         headers = []
         if lookup.rejected is not None:  # a near prompt was found but its answer does not fit: say why
-            self.info["verdict"] = lookup.rejected.header()
+            self.facts.verdict = lookup.rejected.header()
             headers.append((b"x-semproxy-verdict", _header_value(lookup.rejected.header())))
         capture = ResponseCapture(send, kind=self.kind, stream=is_stream(body), outcome=outcome,
                                   store=store if request_controls.store else None, headers=headers)
@@ -199,12 +185,12 @@ class CacheResponder:
             wait = self.middleware.latencies.draw(stream=is_stream(body)) - (time.perf_counter() - self.started)
             if wait > 0:
                 await asyncio.sleep(wait)
-        self.info.update(cache=hit.tier, similarity=hit.similarity)
+        self.facts.cache, self.facts.similarity = hit.tier, hit.similarity
         headers = [(b"x-semproxy-cache", hit.tier.encode())]
         if hit.similarity is not None:
             headers.append((b"x-semproxy-similarity", f"{hit.similarity:.4f}".encode()))
         if hit.verdict is not None:
-            self.info["verdict"] = hit.verdict.header()
+            self.facts.verdict = hit.verdict.header()
             headers.append((b"x-semproxy-verdict", _header_value(hit.verdict.header())))
         if is_stream(body) and self.kind != "embedding":
             completion: dict[str, Any] = json.loads(hit.entry.response)

@@ -16,8 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from semproxy.errors import UpstreamError
-from semproxy.middleware.asgi import JSON_HEADERS, Message, RawHeaders, Send
 from semproxy.openai import BadJSON, Kind, SSEParser, StreamAssembler, is_complete_response, loads
+from semproxy.types import JSON_HEADERS, Message, RawHeaders, Send
 
 log = logging.getLogger("semproxy.cache")
 

@@ -11,23 +11,25 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from semproxy.compress.compressor import CompressionResult
 from semproxy.compress.service import CompressionService
 from semproxy.compress.tokens import encoding_name
-from semproxy.middleware.asgi import (
+from semproxy.errors import HTTPError
+from semproxy.openai import BadJSON, loads
+from semproxy.types import (
+    JSON_HEADERS,
     ASGIApp,
-    Message,
     Receive,
     Scope,
     Send,
+    facts,
     header,
     lifespan_hooks,
     read_body,
     replay,
-    request_info,
     route_path,
+    send_response,
+    with_response_headers,
 )
-from semproxy.openai import BadJSON, loads
 
 DEFAULT_ROUTES: Mapping[str, str] = {"/v1/chat/completions": "chat", "/v1/responses": "responses"}
 PREAMBLE_ROLES = frozenset({"system", "developer"})
@@ -57,10 +59,14 @@ class CompressionMiddleware:
         if (header(scope, b"x-semproxy-compress") or "").strip().lower() == "off":
             await self.app(scope, receive, _with_saved_header(send, 0))
             return
-        await self._compressed(scope, receive, send, kind)
+        try:
+            raw = await read_body(receive, limit=self.max_body_bytes, declared=header(scope, b"content-length"))
+        except HTTPError as exc:  # 413: a body this layer cannot hold is refused, not passed on half-read
+            await send_response(send, exc.status, exc.body(), JSON_HEADERS)
+            return
+        await self._compressed(scope, receive, send, kind, raw)
 
-    async def _compressed(self, scope: Scope, receive: Receive, send: Send, kind: str) -> None:
-        raw = await read_body(receive, limit=self.max_body_bytes, declared=None)
+    async def _compressed(self, scope: Scope, receive: Receive, send: Send, kind: str, raw: bytes) -> None:
         # Most requests carry no preamble at all: a substring test spares them a JSON round trip.
         body = _json_object(raw) if any(marker in raw for marker in _PREAMBLE_MARKERS) else None
         saved, original_tokens = 0, 0
@@ -130,19 +136,9 @@ def _with_length(scope: Scope, length: int) -> Scope:
 
 
 def _record(scope: Scope, *, saved: int, original: int) -> None:
-    info = request_info(scope)
-    info["prompt_tokens_original"] = original
-    info["prompt_tokens_saved"] = saved
+    record = facts(scope)
+    record.prompt_tokens_original, record.prompt_tokens_saved = original, saved
 
 
 def _with_saved_header(send: Send, saved: int) -> Send:
-    async def send_with_header(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = [*message.get("headers", []), (b"x-semproxy-prompt-tokens-saved", str(saved).encode())]
-            message = {**message, "headers": headers}
-        await send(message)
-
-    return send_with_header
-
-
-__all__ = ["CompressionMiddleware", "CompressionResult"]
+    return with_response_headers(send, [(b"x-semproxy-prompt-tokens-saved", str(saved).encode())])

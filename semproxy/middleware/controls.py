@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from semproxy.cache.records import Controls
 from semproxy.errors import RequestError
-from semproxy.middleware.asgi import Scope, header
+from semproxy.types import Scope, header
 
 MAX_NAMESPACE_LENGTH = 256
 MAX_TTL_SECONDS = 10**10

@@ -21,23 +21,26 @@ from typing import Any
 import anyio.to_thread
 
 from semproxy.errors import ConfigError, error_body
-from semproxy.middleware.asgi import (
+from semproxy.stats import report
+from semproxy.stats.log import RequestLog
+from semproxy.stats.metrics import CONTENT_TYPE, Metrics
+from semproxy.stats.record import Observed
+from semproxy.types import (
     JSON_HEADERS,
     ASGIApp,
     Message,
     Receive,
+    RequestFacts,
     Scope,
     Send,
+    bind_facts,
+    facts,
     header,
     lifespan_hooks,
-    request_info,
     route_path,
     send_response,
+    unbind_facts,
 )
-from semproxy.stats import report, timing
-from semproxy.stats.log import RequestLog
-from semproxy.stats.metrics import CONTENT_TYPE, Metrics
-from semproxy.stats.record import Observed
 
 HEALTH_PATHS = frozenset({"/healthz", "/semproxy/healthz"})  # open to load balancers: they reveal no figures
 ADMIN_PREFIX = "/semproxy/"
@@ -87,11 +90,11 @@ def _admin_token(scope: Scope) -> str | None:
 class StatsMiddleware:
     """Records every request in the log and the metrics; serves /metrics, the stats API and the dashboard."""
 
-    def __init__(self, app: ASGIApp, *, log: RequestLog, metrics: Metrics, access: AdminAccess,
-                 tenant_of: Callable[[Scope], str | None], default_upstream: str,
+    def __init__(self, app: ASGIApp, *, log: RequestLog, source: report.LogSource, metrics: Metrics,
+                 access: AdminAccess, tenant_of: Callable[[Scope], str | None], default_upstream: str,
                  metrics_paths: Collection[str] = ("/metrics", "/semproxy/metrics"),
                  max_body_bytes: int = 8 * 1024 * 1024, show_prompt_text: bool = False) -> None:
-        self.app, self.log, self.metrics, self.access = app, log, metrics, access
+        self.app, self.log, self.source, self.metrics, self.access = app, log, source, metrics, access
         self.tenant_of, self.default_upstream = tenant_of, default_upstream
         self.metrics_paths = frozenset(metrics_paths)
         self.max_body_bytes, self.show_prompt_text = max_body_bytes, show_prompt_text
@@ -154,7 +157,7 @@ class StatsMiddleware:
         await anyio.to_thread.run_sync(self.log.flush, 5.0)  # the figures include the request just answered
         try:
             figures = await anyio.to_thread.run_sync(lambda: report.summarize(
-                self.log.path, since_seconds=since, by=by, buckets=buckets, show_text=self.show_prompt_text))
+                self.source, since_seconds=since, by=by, buckets=buckets, show_text=self.show_prompt_text))
         except ConfigError as exc:
             await send_response(send, 400, error_body(str(exc), error_type="invalid_request_error",
                                                       code="invalid_query"), JSON_HEADERS)
@@ -180,16 +183,16 @@ class StatsResponder:
         self.first_byte: float | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        info = request_info(scope)
+        record = facts(scope)
         self._receive, self._send = receive, send
-        token = timing.bind(info)
+        token = bind_facts(record)
         started, clock = time.time(), time.perf_counter()
         try:
             await self.middleware.app(scope, self.receive, self.send)
         finally:
-            timing.unbind(token)
+            unbind_facts(token)
             end = time.perf_counter()
-            self._submit(scope, info, started, clock, end)
+            self._submit(scope, record, started, clock, end)
 
     async def receive(self) -> Message:
         message = await self._receive()
@@ -215,14 +218,14 @@ class StatsResponder:
                 self.response_chunks.append(chunk)
         await self._send(message)
 
-    def _submit(self, scope: Scope, info: dict[str, Any], started: float, clock: float, end: float) -> None:
+    def _submit(self, scope: Scope, record: RequestFacts, started: float, clock: float, end: float) -> None:
         self.middleware.log.submit(Observed(
             started=started, method=str(scope["method"]), endpoint=route_path(scope),
             tenant=functools.partial(self.middleware.tenant_of, scope),
             request_body=self.request_chunks, status=self.status, content_type=self.content_type,
             response_body=self.response_chunks, total_ms=(end - clock) * 1000,
             ttfb_ms=None if self.first_byte is None else (self.first_byte - clock) * 1000,
-            info=dict(info), default_upstream=self.middleware.default_upstream))
+            facts=record, default_upstream=self.middleware.default_upstream))
 
 
 class UpstreamTimer:
@@ -239,5 +242,5 @@ class UpstreamTimer:
         try:
             await self.app(scope, receive, send)
         finally:
-            timing.add_ms(request_info(scope), "upstream_ms", time.perf_counter() - started)
+            facts(scope).add_ms("upstream_ms", time.perf_counter() - started)
 

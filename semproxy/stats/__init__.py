@@ -1,7 +1,7 @@
 """Statistics: the request log, token and money accounting, reports, Prometheus metrics and the dashboard.
 
     StatsMiddleware (semproxy.middleware.stats) --observed request--> RequestLog (own thread)
-        -> finish(): usage / tiktoken counts, prices -> RequestRecord -> SQLite (batched) + Metrics
+        -> finish(): usage / tiktoken counts, prices -> RequestRecord -> the storage (batched) + Metrics
     report.summarize(): the figures behind `semproxy stats`, /semproxy/api/stats and the dashboard
 """
 

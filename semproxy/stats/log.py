@@ -1,25 +1,22 @@
-"""The request log: an SQLite table in the data dir, written in batches by its own thread.
+"""The request log: rows in the storage's `requests` table, written in batches by a thread of its own.
 
 The request path only puts an `Observed` on a bounded queue (never waits: when the queue is full the
 record is dropped and counted). The thread turns each into a `RequestRecord` (parsing and token counting
 happen here, not on the event loop), tells the listeners (Prometheus), and commits a batch every
 `flush_seconds` or `max_batch` records. Rows older than the retention are deleted at start and hourly.
 
-Where the rows go is a `LogDatabase`: the SQLite file in the data dir, or the shared PostgreSQL database
-(semproxy.stats.postgres) where every replica writes to one table.
+Where the rows go is the storage's business (semproxy.storage): stats.sqlite3 in the data dir, or the shared
+PostgreSQL database where every replica writes to one table.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 from semproxy.stats.prices import PriceTable
@@ -28,95 +25,38 @@ from semproxy.stats.record import Observed, RequestRecord, finish
 log = logging.getLogger("semproxy.stats")
 
 COLUMNS = [f.name for f in dataclasses.fields(RequestRecord)]
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
-    id INTEGER PRIMARY KEY,
-    ts REAL NOT NULL, tenant TEXT, model TEXT, upstream TEXT, endpoint TEXT NOT NULL, method TEXT NOT NULL,
-    status INTEGER NOT NULL, outcome TEXT NOT NULL, stream INTEGER NOT NULL, similarity REAL, verdict TEXT,
-    attempts TEXT, total_ms REAL NOT NULL, ttfb_ms REAL, embed_ms REAL, search_ms REAL, upstream_ms REAL,
-    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, compression_saved_tokens INTEGER NOT NULL,
-    hit_saved_tokens INTEGER NOT NULL, cost_saved_hit REAL NOT NULL, cost_saved_compression REAL NOT NULL,
-    priced INTEGER NOT NULL, prompt_hash TEXT, prompt_text TEXT
-);
-CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
-"""
 HOUR = 3600.0
 Listener = Callable[[RequestRecord], None]
 TokenCounter = Callable[[str, str], int]
 _STOP = object()
 
 
-class LogDatabase(Protocol):
-    """Where log rows are written; used from the writer thread only. Every method may raise."""
+class LogStore(Protocol):
+    """Where log rows are written; called from the writer thread only. Every method may raise (a database
+    that is down): the batch is then dropped and counted, and later ones are written once it is back."""
 
-    def hash_key(self) -> bytes:
-        """The per-installation key for prompt hashes (made once, kept in the database)."""
+    def log_key(self) -> bytes:
+        """The per-installation key for prompt hashes (made once, kept with the log)."""
         ...
 
-    def insert(self, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+    def append_requests(self, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
         """Append rows to the log in one transaction."""
         ...
 
-    def delete_before(self, ts: float) -> None:
+    def delete_requests_before(self, ts: float) -> int:
         """Apply the retention."""
         ...
 
-    def close(self) -> None:
-        """Close the connection."""
-        ...
-
-
-class SqliteLogDatabase:
-    """The embedded log: stats.sqlite3 in the data dir."""
-
-    def __init__(self, path: Path) -> None:
-        self.db = connect(path)
-        self._key = _hash_key(self.db)
-
-    def hash_key(self) -> bytes:
-        return self._key
-
-    def insert(self, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
-        sql = f"INSERT INTO requests ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-        with self.db:
-            self.db.executemany(sql, rows)
-
-    def delete_before(self, ts: float) -> None:
-        with self.db:
-            self.db.execute("DELETE FROM requests WHERE ts < ?", (ts,))
-
-    def close(self) -> None:
-        self.db.close()
-
-
-def open_database(location: Path | str) -> LogDatabase:
-    """The log database at a path (SQLite) or a postgresql:// URL."""
-    if isinstance(location, str):
-        from semproxy.stats.postgres import PostgresLogDatabase
-
-        return PostgresLogDatabase(location)
-    return SqliteLogDatabase(location)
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    """A connection to the log with its schema in place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, timeout=30, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")  # a crash may lose the last batch, never corrupt the file
-    db.executescript(SCHEMA)
-    return db
-
 
 class RequestLog:
-    """Takes observed requests without blocking and writes them to SQLite on its own thread."""
+    """Takes observed requests without blocking and writes them to the storage on its own thread."""
 
-    def __init__(self, path: Path | str, *, prices: PriceTable, count: Callable[[], TokenCounter],
+    def __init__(self, store: LogStore, *, prices: PriceTable, count: Callable[[], TokenCounter],
                  retention_days: float = 30.0, prompt_chars: int = 0, listeners: Sequence[Listener] = (),
                  flush_seconds: float = 0.5, max_batch: int = 512, max_pending: int = 10_000,
                  idle_seconds: float = 30.0, clock: Callable[[], float] = time.time) -> None:
-        self.path = path
+        self.store = store
+        self._key: bytes | None = None  # the prompt-hash key, read once
         self._prices, self._make_counter, self._listeners = prices, count, list(listeners)
         self._retention = retention_days * 24 * HOUR
         self._prompt_chars, self._flush_seconds, self._max_batch = prompt_chars, flush_seconds, max_batch
@@ -181,29 +121,25 @@ class RequestLog:
 
     def _run(self) -> None:
         try:
-            db = open_database(self.path)
             count = self._make_counter()
         except Exception:
-            log.exception("the request log could not open %s; requests are not logged", self.path)
+            log.exception("the request log has no token counter; requests are not logged")
             self._drain_forever()
             return
         next_sweep = 0.0
-        try:
-            while True:
-                if self._clock() >= next_sweep:
-                    self._sweep(db)
-                    next_sweep = self._clock() + HOUR
-                first = self._next_or_retire()
-                if first is None:
-                    return
-                batch, waiting, stop = self._collect(first)
-                self._write_batch(db, batch, count)
-                for event in waiting:
-                    event.set()
-                if stop:
-                    return
-        finally:
-            db.close()
+        while True:
+            if self._clock() >= next_sweep:
+                self._sweep()
+                next_sweep = self._clock() + HOUR
+            first = self._next_or_retire()
+            if first is None:
+                return
+            batch, waiting, stop = self._collect(first)
+            self._write_batch(batch, count)
+            for event in waiting:
+                event.set()
+            if stop:
+                return
 
     def _next_or_retire(self) -> object | None:
         """The next item; None once the log was idle for `idle_seconds` (the thread then ends)."""
@@ -263,30 +199,30 @@ class RequestLog:
                 log.exception("a statistics listener failed")
         return record
 
-    def _write_batch(self, db: LogDatabase, batch: list[Observed], count: TokenCounter) -> None:
+    def _write_batch(self, batch: list[Observed], count: TokenCounter) -> None:
         try:
-            key = db.hash_key()
+            key = self._key = self._key or self.store.log_key()
         except Exception as exc:  # a database that is down: these records are lost, later ones are written
             log.warning("the request log is unavailable (%s); %d records dropped", exc, len(batch))
             self.dropped += len(batch)
             return
-        self._write(db, [self._finish(o, key, count) for o in batch])
+        self._write([self._finish(o, key, count) for o in batch])
 
-    def _write(self, db: LogDatabase, records: list[RequestRecord | None]) -> None:
+    def _write(self, records: list[RequestRecord | None]) -> None:
         rows = [tuple(getattr(r, c) for c in COLUMNS) for r in records if r is not None]
         if not rows:
             return
         try:
-            db.insert(COLUMNS, rows)
+            self.store.append_requests(COLUMNS, rows)
             self.written += len(rows)
         except Exception:
             log.exception("could not write %d log records", len(rows))
 
-    def _sweep(self, db: LogDatabase) -> None:
+    def _sweep(self) -> None:
         if self._retention <= 0:
             return
         try:
-            db.delete_before(self._clock() - self._retention)
+            self.store.delete_requests_before(self._clock() - self._retention)
         except Exception:
             log.exception("could not apply the log's retention")
 
@@ -295,14 +231,3 @@ class RequestLog:
         while (item := self._queue.get()) is not _STOP:
             if isinstance(item, threading.Event):
                 item.set()
-
-
-def _hash_key(db: sqlite3.Connection) -> bytes:
-    """The per-installation key for prompt hashes (made once, kept in the log's own database)."""
-    row = db.execute("SELECT value FROM meta WHERE name = 'prompt_hash_key'").fetchone()
-    if row is not None:
-        return bytes(row[0])
-    key = os.urandom(32)
-    with db:
-        db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('prompt_hash_key', ?)", (key,))
-    return bytes(db.execute("SELECT value FROM meta WHERE name = 'prompt_hash_key'").fetchone()[0])

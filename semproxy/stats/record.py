@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from semproxy.stats.prices import PriceTable
+from semproxy.types import HIT_OUTCOMES, RequestFacts
 
 _MODEL = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
-HIT_OUTCOMES = ("exact", "semantic")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -35,7 +35,7 @@ class Observed:
     response_body: Sequence[bytes]
     total_ms: float
     ttfb_ms: float | None
-    info: dict[str, Any]
+    facts: RequestFacts
     default_upstream: str
 
 
@@ -82,7 +82,7 @@ Counter = Callable[[str, str], int]  # (text, model) -> tokens
 def finish(observed: Observed, *, prices: PriceTable, count: Counter, hash_key: bytes,
            prompt_chars: int) -> RequestRecord:
     """Turn what was observed into a record: tokens, savings, the prompt's hash."""
-    info = observed.info
+    facts = observed.facts
     raw_request = b"".join(observed.request_body)
     request = _json_object(raw_request)
     model = str(request["model"]) if request and isinstance(request.get("model"), str) else _model(raw_request)
@@ -95,20 +95,20 @@ def finish(observed: Observed, *, prices: PriceTable, count: Counter, hash_key: 
     completion_tokens = _int(usage.get("completion_tokens"))
     if completion_tokens is None:
         completion_tokens = count(answer_text, model or "") if answer_text else 0
-    outcome = str(info.get("cache") or "bypass")
+    outcome = facts.cache or "bypass"
     hit = outcome in HIT_OUTCOMES and 200 <= observed.status < 300
-    compressed = 0 if hit else int(info.get("prompt_tokens_saved") or 0)
+    compressed = 0 if hit else facts.prompt_tokens_saved
     price = prices.get(model) if model else None
     cost_hit = price.cost(prompt_tokens, completion_tokens) if price and hit else 0.0
-    attempts = info.get("attempts")
+    attempts = [dataclasses.asdict(a) for a in facts.attempts]
     return RequestRecord(
         ts=observed.started, tenant=_tenant(observed), model=model,
-        upstream=None if hit else str(info.get("upstream") or observed.default_upstream),
+        upstream=None if hit else facts.upstream or observed.default_upstream,
         endpoint=observed.endpoint, method=observed.method, status=observed.status, outcome=outcome, stream=stream,
-        similarity=_float(info.get("similarity")), verdict=_str(info.get("verdict")),
-        attempts=json.dumps(attempts, default=str) if attempts else None,
-        total_ms=observed.total_ms, ttfb_ms=observed.ttfb_ms, embed_ms=_float(info.get("embed_ms")),
-        search_ms=_float(info.get("search_ms")), upstream_ms=None if hit else _float(info.get("upstream_ms")),
+        similarity=facts.similarity, verdict=None if facts.verdict is None else facts.verdict[:200],
+        attempts=json.dumps(attempts) if attempts else None,
+        total_ms=observed.total_ms, ttfb_ms=observed.ttfb_ms, embed_ms=facts.embed_ms,
+        search_ms=facts.search_ms, upstream_ms=None if hit else facts.upstream_ms,
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
         compression_saved_tokens=compressed, hit_saved_tokens=prompt_tokens + completion_tokens if hit else 0,
         cost_saved_hit=cost_hit, cost_saved_compression=price.cost(compressed) if price else 0.0,
@@ -211,11 +211,3 @@ def _hash(key: bytes, text: str) -> str:
 
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def _float(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _str(value: Any) -> str | None:
-    return None if value is None else str(value)[:200]

@@ -11,28 +11,20 @@ circuit was open, with Retry-After.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import re
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from semproxy.errors import HTTPError, ModelNotFound, NoUpstreamAvailable, UpstreamError
-from semproxy.middleware.asgi import JSON_HEADERS, RawHeaders, Receive, Scope, Send, request_info, send_response
-from semproxy.openai import BadJSON, loads
+from semproxy.types import JSON_HEADERS, Attempt, RawHeaders, Receive, RequestFacts, Send, send_response
 from semproxy.upstream.relay import map_httpx_error, relay, response_headers, until_disconnect
-from semproxy.upstream.routing import Upstream
-
-if TYPE_CHECKING:
-    from semproxy.upstream.proxy import UpstreamProxy
+from semproxy.upstream.requests import RequestFactory
+from semproxy.upstream.routing import Router, Upstream
 
 log = logging.getLogger("semproxy.upstream")
 
-_OBJECT_START = re.compile(rb"[ \t\r\n]*\{")  # without copying the body, as lstrip() would
 UPSTREAM_HEADER = b"x-semproxy-upstream"
 ATTEMPTS_HEADER = b"x-semproxy-attempts"
 
@@ -48,22 +40,23 @@ class FailedAnswer:
 
 
 class Failover:
-    """The state of one request across its attempts; records each in `request_info(scope)["attempts"]`."""
+    """The state of one request across its attempts, each recorded in the request's facts.
 
-    def __init__(self, proxy: UpstreamProxy, scope: Scope, body: bytes | AsyncIterator[bytes] | None) -> None:
-        self.proxy = proxy
-        self.router = proxy.router
-        self.scope = scope
-        self.body = body
-        self.replayable = body is None or isinstance(body, bytes)
-        self.info = request_info(scope)
-        self.attempts: list[dict[str, Any]] = []
-        self.info["attempts"] = self.attempts
+    It is given the router (which upstreams, in which order, their breakers), the transport to send with, and
+    the factory that makes the request for a given upstream; it knows nothing of how requests are built.
+    """
+
+    def __init__(self, router: Router, transport: httpx.AsyncBaseTransport, make_request: RequestFactory, *,
+                 facts: RequestFacts) -> None:
+        self.router = router
+        self.transport = transport
+        self.make_request = make_request
+        self.replayable = make_request.replayable
+        self.model = make_request.model
+        self.facts = facts
+        self.attempts = facts.attempts
         self.failed_answer: FailedAnswer | None = None
         self.error: UpstreamError | None = None
-        self.parsed = _json_object(body) if self.router.needs_model and isinstance(body, bytes) else None
-        model = self.parsed.get("model") if self.parsed is not None else None
-        self.model = model if isinstance(model, str) else None
 
     async def run(self, send: Send, receive: Receive | None = None) -> None:
         """Try the candidates in turn; `receive` is given when the disconnect watch is still to be started."""
@@ -87,7 +80,7 @@ class Failover:
 
     async def _attempt(self, upstream: Upstream, send: Send, receive: Receive | None) -> bool:
         """One try; True if its answer went to the client (the request is done)."""
-        request = self._request(upstream)
+        request = self.make_request(upstream)
         self.router.chosen(upstream)
         began = time.perf_counter()
         settled = False
@@ -115,13 +108,13 @@ class Failover:
         reached the application, and the pool has discarded the connection: one more try is safe.
         """
         try:
-            return await self.proxy.transport.handle_async_request(request)
+            return await self.transport.handle_async_request(request)
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
             if not self.replayable:
                 raise
             log.info("upstream %s closed a connection under the request (%s); sending it again",
                      upstream.name, type(exc).__name__)
-            return await self.proxy.transport.handle_async_request(self._request(upstream))
+            return await self.transport.handle_async_request(self.make_request(upstream))
 
     def _transport_failed(self, upstream: Upstream, exc: httpx.TransportError, began: float) -> None:
         upstream.breaker.failed()
@@ -129,8 +122,8 @@ class Failover:
                    else "connect_error" if isinstance(exc, httpx.ConnectError) else "network_error")
         self._record(upstream, outcome, time.perf_counter() - began)
         self.error = map_httpx_error(exc)
-        log.warning("upstream %s: %s %s failed: %s", upstream.name, self.scope["method"], self.scope["path"],
-                    self.error)
+        log.warning("upstream %s: %s %s failed: %s", upstream.name, self.make_request.method,
+                    self.make_request.path, self.error)
 
     async def _answered(self, upstream: Upstream, response: httpx.Response, send: Send, receive: Receive | None,
                         seconds: float) -> bool:
@@ -153,29 +146,17 @@ class Failover:
         if status < 300:  # a quick refusal (400, 404) says little about how fast answers come
             self.router.observe(upstream, seconds)
         self._record(upstream, "ok", seconds)
-        self.info["upstream"] = upstream.name
+        self.facts.upstream = upstream.name
         streaming = relay(response, send, self._headers(upstream.name))
         broken = not await (streaming if receive is None else until_disconnect(receive, streaming, default=True))
         if broken:  # the upstream broke off mid-stream (a client that left is not the upstream's failure)
             upstream.breaker.failed()
         return True
 
-    def _request(self, upstream: Upstream) -> httpx.Request:
-        content = self.body
-        if self.parsed is not None and self.model is not None:
-            target = upstream.config.upstream_model(self.model)
-            if target != self.model:  # an alias: the only case where semproxy re-serializes the body
-                content = json.dumps({**self.parsed, "model": target}, ensure_ascii=False).encode()
-        # The client's content-length holds for its own bytes (and spares httpx a header insert); a new body
-        # gets its length from httpx.
-        headers = self.proxy.headers(self.scope["headers"], upstream, keep_length=content is self.body)
-        return httpx.Request(self.scope["method"], self.proxy.url(upstream, self.scope), headers=headers,
-                             content=content, extensions={"timeout": upstream.timeout})
-
     async def _give_up(self, send: Send, candidates: list[Upstream]) -> None:
         if self.failed_answer is not None:
             answer = self.failed_answer
-            self.info["upstream"] = answer.upstream
+            self.facts.upstream = answer.upstream
             headers = [*answer.headers, *self._headers(answer.upstream)]
             await send({"type": "http.response.start", "status": answer.status, "headers": headers})
             await send({"type": "http.response.body", "body": answer.body, "more_body": False})
@@ -192,20 +173,9 @@ class Failover:
         await send_response(send, error.status, error.body(), [*JSON_HEADERS, *(extra or []), *self._headers(None)])
 
     def _headers(self, upstream: str | None) -> RawHeaders:
-        summary = ",".join(f"{a['upstream']}:{a['outcome']}" for a in self.attempts)
+        summary = ",".join(f"{a.upstream}:{a.outcome}" for a in self.attempts)
         headers = [(ATTEMPTS_HEADER, summary.encode("latin-1"))] if summary else []
         return headers if upstream is None else [(UPSTREAM_HEADER, upstream.encode("latin-1")), *headers]
 
     def _record(self, upstream: Upstream, outcome: str, seconds: float) -> None:
-        self.attempts.append({"upstream": upstream.name, "outcome": outcome, "ms": round(seconds * 1000, 3)})
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    """The body as a JSON object, or None (a body that is not JSON has no model to route by)."""
-    if _OBJECT_START.match(body) is None:
-        return None
-    try:
-        parsed = loads(body)
-    except BadJSON:
-        return None
-    return parsed if isinstance(parsed, dict) else None
+        self.attempts.append(Attempt(upstream=upstream.name, outcome=outcome, ms=round(seconds * 1000, 3)))

@@ -13,25 +13,13 @@ from typing import Any
 
 import httpx
 
-from semproxy.middleware.asgi import (
-    JSON_HEADERS,
-    RawHeaders,
-    Receive,
-    Scope,
-    Send,
-    declared_over,
-    header,
-    send_response,
-)
+from semproxy.types import JSON_HEADERS, Receive, Scope, Send, declared_over, facts, header, send_response
 from semproxy.upstream.failover import Failover
 from semproxy.upstream.models import union_of_models
-from semproxy.upstream.relay import HOP_BY_HOP, until_disconnect
+from semproxy.upstream.relay import until_disconnect
+from semproxy.upstream.requests import Body, RequestFactory, relative_path, upstream_headers
 from semproxy.upstream.routing import Router, Upstream
 
-_CLIENT_KEYS = frozenset({b"authorization", b"api-key", b"x-api-key"})
-# Request headers never forwarded, by (keep the client's content-length?, does the upstream have its own key?)
-_DROPPED = {(keep, own_key): HOP_BY_HOP | (set() if keep else {b"content-length"})
-            | (_CLIENT_KEYS if own_key else set()) for keep in (True, False) for own_key in (True, False)}
 # Bodies up to this size are read before forwarding, so they can be routed by model, retried on another
 # upstream, and one task can watch for a disconnect throughout. Larger ones stream through to one upstream.
 BUFFERED_BODY_LIMIT = 8 * 1024 * 1024
@@ -54,41 +42,25 @@ class UpstreamProxy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        if scope["method"] == "GET" and not self.router.passthrough and self.relative_path(scope) == "/models":
+        if scope["method"] == "GET" and not self.router.passthrough and relative_path(scope, self.prefix) == "/models":
             await until_disconnect(receive, self._models(scope, send))
             return
         body = await _buffer_or_stream(receive, limit=self.body_limit, declared=header(scope, b"content-length"),
                                        chunked=header(scope, b"transfer-encoding") is not None)
-        if body is None or isinstance(body, bytes):
-            await until_disconnect(receive, Failover(self, scope, body).run(send))
+        failover = self._failover(scope, body)
+        if failover.replayable:
+            await until_disconnect(receive, failover.run(send))
         else:  # a large upload streams through: one attempt; the disconnect watch starts once it is sent
-            await Failover(self, scope, body).run(send, receive)
+            await failover.run(send, receive)
 
-    def relative_path(self, scope: Scope) -> str:
-        """The path below the prefix, with the client's percent-encoding (a file id with %2F stays one segment)."""
-        path: bytes = scope.get("raw_path") or scope["path"].encode()
-        root = scope.get("root_path", "").encode() + self.prefix
-        return (path[len(root):] if path.startswith(root) else path).decode("latin-1")
-
-    def url(self, upstream: Upstream, scope: Scope) -> str:
-        """Where the request goes on `upstream`."""
-        query: bytes = scope.get("query_string", b"")
-        return upstream.base_url + self.relative_path(scope) + ("?" + query.decode("latin-1") if query else "")
-
-    def headers(self, raw: RawHeaders, upstream: Upstream, *, keep_length: bool) -> RawHeaders:
-        """The client's headers as `upstream` gets them: its own key and extra headers replace the client's."""
-        dropped = _DROPPED[keep_length, bool(upstream.api_key)]
-        replaced = {k for k, _ in upstream.headers}
-        headers = [(k, v) for k, v in raw if (name := k.lower()) not in dropped and name not in replaced
-                   and not name.startswith(b"x-semproxy-")]
-        if upstream.api_key:
-            headers.append((b"authorization", b"Bearer " + upstream.api_key.encode()))
-        return headers + upstream.headers
+    def _failover(self, scope: Scope, body: Body) -> Failover:
+        make_request = RequestFactory(scope, body, prefix=self.prefix, read_model=self.router.needs_model)
+        return Failover(self.router, self.transport, make_request, facts=facts(scope))
 
     async def _models(self, scope: Scope, send: Send) -> None:
         async def fetch(upstream: Upstream) -> list[dict[str, Any]]:
             request = httpx.Request("GET", upstream.base_url + "/models", extensions={"timeout": upstream.timeout},
-                                    headers=self.headers(scope["headers"], upstream, keep_length=False))
+                                    headers=upstream_headers(scope["headers"], upstream, keep_length=False))
             response = await self.transport.handle_async_request(request)
             try:
                 content = await response.aread()

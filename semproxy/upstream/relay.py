@@ -10,7 +10,7 @@ from typing import TypeVar
 import httpx
 
 from semproxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
-from semproxy.middleware.asgi import RawHeaders, Receive, Send
+from semproxy.types import RawHeaders, Receive, Send
 
 log = logging.getLogger("semproxy.upstream")
 T = TypeVar("T")

@@ -12,9 +12,9 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 
+from semproxy.config import UpstreamConfig
 from semproxy.errors import ModelNotFound
 from semproxy.upstream.breaker import CircuitBreaker
-from semproxy.upstream.config import UpstreamConfig
 
 MEMO_SIZE = 4096  # model names whose candidate upstreams are remembered
 

@@ -1,4 +1,4 @@
-"""The SQLite store and the per-scope FAISS index on their own."""
+"""The embedded storage's cache entries and the per-scope FAISS index on their own."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 
 from semproxy.cache.index import FaissIndex
 from semproxy.cache.keys import make_key
-from semproxy.cache.records import NewEntry
-from semproxy.cache.store import SqliteStore
+from semproxy.storage.records import NewEntry
+from semproxy.storage.sqlite import SqliteStorage
 
 
 def _entry(prompt: str, *, tenant: str = "t", ttl: int = 0, vector: np.ndarray | None = None) -> NewEntry:
@@ -20,56 +20,57 @@ def _entry(prompt: str, *, tenant: str = "t", ttl: int = 0, vector: np.ndarray |
 
 
 def test_put_get_replace_and_alias(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "c.db")
-    first_id, removed = store.put(_entry("a"), now=1.0)
+    store = SqliteStorage(tmp_path)
+    first_id, removed = store.put_entry(_entry("a"), now=1.0)
     assert removed == []
     entry = _entry("a")
-    second_id, removed = store.put(entry, now=2.0)  # the same key replaces the old entry
+    second_id, removed = store.put_entry(entry, now=2.0)  # the same key replaces the old entry
     assert removed == [(first_id, entry.key.scope)]
-    found = store.get_exact(entry.key.exact)
+    found = store.get_entry(entry.key.exact)
     assert found is not None and found.id == second_id and found.created_at == 2.0
-    store.add_alias("another-key", second_id)
-    alias = store.get_exact("another-key")
+    store.alias("another-key", second_id)
+    alias = store.get_entry("another-key")
     assert alias is not None and alias.id == second_id
-    store.clear()
-    assert store.get_exact("another-key") is None  # aliases go with their entry
+    store.clear_entries()
+    assert store.get_entry("another-key") is None  # aliases go with their entry
 
 
-def test_expiry_eviction_and_tenant_clear(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "c.db")
-    ids = [store.put(_entry(p, tenant=t, ttl=ttl), now=10.0)[0]
+def test_sweep_expires_touches_and_evicts_and_reports_what_went(tmp_path: Path) -> None:
+    store = SqliteStorage(tmp_path)
+    ids = [store.put_entry(_entry(p, tenant=t, ttl=ttl), now=10.0)[0]
            for p, t, ttl in [("a", "t1", 5), ("b", "t1", 0), ("c", "t2", 0), ("d", "t2", 0)]]
-    assert [i for i, _ in store.delete_expired(now=16.0)] == [ids[0]]
-    store.touch({ids[1]: 20.0})
-    assert [i for i, _ in store.evict(keep=2)] == [ids[2]]  # c is now the least recently used
-    assert [i for i, _ in store.clear(tenant="t2")] == [ids[3]]
-    assert store.count() == 1
+    removed, left = store.sweep(now=16.0, keep=10, used={})
+    assert [i for i, _ in removed] == [ids[0]] and left == 3
+    removed, left = store.sweep(now=16.0, keep=2, used={ids[1]: 20.0})
+    assert [i for i, _ in removed] == [ids[2]] and left == 2  # c is now the least recently used
+    assert store.clear_entries(tenants={"t2"}) == 1
+    assert store.count_entries() == 1
 
 
 def test_entries_and_salt_persist(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "c.db")
+    store = SqliteStorage(tmp_path)
     entry = _entry("persist me", vector=np.arange(4, dtype=np.float32))
-    entry_id, _ = store.put(entry, now=1.0)
-    reopened = SqliteStore(tmp_path / "c.db")
-    assert reopened.salt == store.salt
+    entry_id, _ = store.put_entry(entry, now=1.0)
+    reopened = SqliteStorage(tmp_path)
+    assert reopened.tenant_salt() == store.tenant_salt()
     [(ids, scopes, vectors)] = list(reopened.iter_vectors(now=2.0))
     assert ids == [entry_id] and scopes == [entry.key.scope]
     assert vectors.tolist() == [[0.0, 1.0, 2.0, 3.0]]
 
 
 def test_concurrent_readers_and_a_writer(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "c.db")
+    store = SqliteStorage(tmp_path)
     entries = [_entry(f"p{i}") for i in range(200)]
     errors: list[BaseException] = []
 
     def write() -> None:
         for entry in entries:
-            store.put(entry, now=1.0)
+            store.put_entry(entry, now=1.0)
 
     def read() -> None:
         try:
             for entry in entries:
-                found = store.get_exact(entry.key.exact)
+                found = store.get_entry(entry.key.exact)
                 assert found is None or found.response == entry.response
         except BaseException as exc:
             errors.append(exc)
@@ -79,7 +80,7 @@ def test_concurrent_readers_and_a_writer(tmp_path: Path) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert errors == [] and store.count() == 200
+    assert errors == [] and store.count_entries() == 200
 
 
 def _unit(rows: int, dim: int = 32, seed: int = 0) -> np.ndarray:

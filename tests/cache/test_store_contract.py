@@ -1,46 +1,47 @@
 """One contract, two stores: the embedded SQLite + FAISS store and the shared PostgreSQL + pgvector store
-behave the same through the SemanticStore protocol the cache service uses."""
+behave the same through the EntryStore protocol the cache service uses."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from semproxy.cache.backend import EmbeddedStore, SemanticStore
-from semproxy.cache.index import FaissIndex
+from semproxy.app import build_storage, open_entry_store
 from semproxy.cache.keys import make_key
-from semproxy.cache.records import NewEntry
+from semproxy.cache.store import EntryStore
+from semproxy.config import Settings
+from semproxy.storage import Storage
+from semproxy.storage.records import NewEntry
 
 DIM = 16
-Opener = Callable[[], SemanticStore]
+Opener = Callable[[], tuple[EntryStore, Storage]]
 
 
 @pytest.fixture(params=["embedded", "postgres"])
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    store = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+    return Settings(data_dir=tmp_path / "data", store=store, postgres_pool_size=4, large_scope_entries=1000)
+
+
+@pytest.fixture
+def open_store(backend: Settings) -> Iterator[Opener]:
     """Opens the store under test (again and again: each call is a new process's view of the same data)."""
-    opened: list[SemanticStore] = []
+    opened: list[tuple[EntryStore, Storage]] = []
 
-    def embedded() -> SemanticStore:
-        return EmbeddedStore(tmp_path / "cache.sqlite3", make_index=partial(FaissIndex, large_scope_entries=1000))
-
-    def postgres() -> SemanticStore:
-        from semproxy.cache.postgres import PostgresStore
-
-        return PostgresStore(request.getfixturevalue("pg_url"), pool_size=4)
-
-    def make() -> SemanticStore:
-        store = embedded() if request.param == "embedded" else postgres()
+    def make() -> tuple[EntryStore, Storage]:
+        storage = build_storage(backend)
+        store = open_entry_store(backend, storage)
         store.enable_vectors(DIM, now=0.0)
-        opened.append(store)
-        return store
+        opened.append((store, storage))
+        return store, storage
 
     yield make
-    for store in opened:
+    for store, storage in opened:
         store.close()
+        storage.close()
 
 
 def _unit(seed: int) -> np.ndarray:
@@ -61,26 +62,30 @@ def _entry(prompt: str, *, tenant: str = "t", ttl: int = 0, vector: np.ndarray |
                     ttl_seconds=ttl)
 
 
+def _everything(store: EntryStore) -> int:
+    return store.sweep(now=0.0, keep=10**9, used={})
+
+
 def test_exact_put_replace_alias_and_clear(open_store: Opener) -> None:
-    store = open_store()
+    store, storage = open_store()
     entry = _entry("a")
     assert store.put(entry, now=1.0) == 0
     assert store.put(_entry("a"), now=2.0) == 1  # the same key replaces the old entry
-    found = store.get_exact(entry.key.exact)
+    found = store.get(entry.key.exact)
     assert found is not None and found.created_at == 2.0 and found.response == b"a" and found.prompt == "a"
     assert found.tenant == "t" and found.scope == entry.key.scope and found.expires_at is None
-    store.add_alias("another-key", found.id)
-    alias = store.get_exact("another-key")
+    store.alias("another-key", found.id)
+    alias = store.get("another-key")
     assert alias is not None and alias.id == found.id
-    store.add_alias("dangling", 10**9)  # an entry that is gone: nothing to point at
-    assert store.get_exact("dangling") is None
-    assert store.count() == 1
-    assert store.clear() == 1
-    assert store.get_exact("another-key") is None and store.count() == 0  # aliases go with their entry
+    store.alias("dangling", 10**9)  # an entry that is gone: nothing to point at
+    assert store.get("dangling") is None
+    assert _everything(store) == 1 == storage.count_entries()
+    assert storage.clear_entries() == 1
+    assert store.get("another-key") is None and storage.count_entries() == 0  # aliases go with their entry
 
 
 def test_nearest_searches_one_scope_and_returns_vectors(open_store: Opener) -> None:
-    store = open_store()
+    store, _ = open_store()
     base = _unit(1)
     close, far, elsewhere = _near(base, 2, 0.1), _near(base, 3, 0.6), _near(base, 4, 0.05)
     store.put(_entry("close", vector=close), now=1.0)
@@ -100,37 +105,47 @@ def test_nearest_searches_one_scope_and_returns_vectors(open_store: Opener) -> N
 
 
 def test_expiry_lru_eviction_and_tenant_clear(open_store: Opener) -> None:
-    store = open_store()
+    store, storage = open_store()
     entries = [_entry(p, tenant=t, ttl=ttl, vector=_unit(i))
                for i, (p, t, ttl) in enumerate([("a", "t1", 5), ("b", "t1", 0), ("c", "t2", 0), ("d", "t2", 0)])]
     for entry in entries:
         store.put(entry, now=10.0)
-    ids = {e.prompt: e.id for e in (store.get_exact(x.key.exact) for x in entries) if e is not None}
-    assert store.delete_expired(now=16.0) == 1 and store.get_exact(entries[0].key.exact) is None
-    store.touch({ids["b"]: 20.0})
-    assert store.evict(keep=2) == 1  # c is now the least recently used
-    assert store.get_exact(entries[2].key.exact) is None and store.get_exact(entries[1].key.exact) is not None
-    assert store.clear(tenant="t2") == 1
-    assert store.count() == 1
+    ids = {e.prompt: e.id for e in (store.get(x.key.exact) for x in entries) if e is not None}
+    assert store.sweep(now=16.0, keep=10, used={}) == 3 and store.get(entries[0].key.exact) is None
+    assert store.sweep(now=16.0, keep=2, used={ids["b"]: 20.0}) == 2  # c is now the least recently used
+    assert store.get(entries[2].key.exact) is None and store.get(entries[1].key.exact) is not None
+    assert storage.clear_entries(tenants={"t2"}) == 1
+    assert storage.count_entries() == 1
     scope = entries[0].key.scope
     assert [e.prompt for e, _ in store.nearest(scope, _unit(3), 4, min_similarity=-1.0)] == ["b"]
 
 
 def test_entries_salt_and_vectors_persist_across_processes(open_store: Opener) -> None:
-    first = open_store()
+    first, _ = open_store()
     entry = _entry("persist me", vector=_unit(5))
     first.put(entry, now=1.0)
-    second = open_store()  # another replica, or the same one after a restart
+    second, _ = open_store()  # another replica, or the same one after a restart
     assert second.salt == first.salt and len(first.salt) == 32
-    found = second.get_exact(entry.key.exact)
+    found = second.get(entry.key.exact)
     assert found is not None and found.response == b"persist me"
     [(hit, similarity)] = second.nearest(entry.key.scope, _unit(5), 4, min_similarity=0.9)
     assert hit.id == found.id and similarity == pytest.approx(1.0, abs=1e-5)
 
 
-def test_a_lock_is_free_again_once_released(open_store: Opener) -> None:
-    store = open_store()
-    assert store.try_lock("k")
-    store.unlock("k")
-    assert store.try_lock("k")
-    store.unlock("k")
+def test_only_a_shared_store_locks_across_processes(open_store: Opener, backend: Settings) -> None:
+    first, _ = open_store()
+    second, _ = open_store()  # another replica on the same data
+    if backend.store is None:  # one process per data dir: the in-process single flight is all there is
+        assert first.flight_lock is None and second.flight_lock is None
+        return
+    one, other = first.flight_lock, second.flight_lock
+    assert one is not None and other is not None
+    assert one.try_lock("k")
+    assert not other.try_lock("k")  # held by the first replica
+    assert other.try_lock("another key")
+    one.unlock("k")
+    assert other.try_lock("k")
+    first.close()
+    second.close()  # the session goes back to the pool, its locks released
+    third, _ = open_store()
+    assert third.flight_lock is not None and third.flight_lock.try_lock("k")

@@ -11,6 +11,7 @@ from semproxy.compress.compressor import SpanSafeCompressor
 from semproxy.compress.service import CompressionPolicy, CompressionService
 from semproxy.compress.spans import units
 from semproxy.compress.tokens import count_tokens
+from semproxy.storage.sqlite import SqliteStorage
 from tests.compress.test_spans_and_tokens import MUST_SURVIVE, PROMPT
 from tests.fakes import FailingScorer, FakeScorer
 
@@ -53,7 +54,7 @@ def test_a_scorer_that_drops_everything_falls_back_to_the_original() -> None:
 
 def _service(tmp_path: Path, scorer: object, **policy: object) -> CompressionService:
     return CompressionService(load_compressor=lambda: SpanSafeCompressor(scorer, keep_markers=MARKERS),  # type: ignore[arg-type]
-                              db_path=tmp_path / "compression.sqlite3",
+                              results=SqliteStorage(tmp_path),
                               policy=CompressionPolicy(rate=0.5, min_tokens=50, **policy))  # type: ignore[arg-type]
 
 
@@ -111,7 +112,7 @@ async def test_failures_leave_prompts_uncompressed(tmp_path: Path) -> None:
     def cannot_load() -> SpanSafeCompressor:
         raise OSError("model folder missing")
 
-    broken = CompressionService(load_compressor=cannot_load, db_path=tmp_path / "c2.sqlite3",
+    broken = CompressionService(load_compressor=cannot_load, results=SqliteStorage(tmp_path / "c2"),
                                 policy=CompressionPolicy())
     broken.start()
     broken.drain()

@@ -7,16 +7,22 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from semproxy.app import build_storage
+from semproxy.config import Settings
 from semproxy.errors import ConfigError
 from semproxy.stats import report
 from semproxy.stats.log import RequestLog
 from semproxy.stats.prices import PriceTable
 from semproxy.stats.record import Observed, RequestRecord
+from semproxy.storage import Storage
+from semproxy.storage.sqlite import SqliteStorage
+from semproxy.types import RequestFacts
 
 
 def _counter() -> Any:
@@ -31,16 +37,16 @@ def _observed(ts: float, outcome: str, *, total_ms: float = 10.0, prompt: str = 
                     request_body=[body], status=status,
                     content_type="text/event-stream" if stream else "application/json",
                     response_body=[] if stream else [answer], total_ms=total_ms, ttfb_ms=total_ms / 2,
-                    info={"cache": outcome}, default_upstream="up")
+                    facts=RequestFacts(cache=outcome), default_upstream="up")
 
 
-def _log(path: Path, **options: Any) -> RequestLog:
-    return RequestLog(path, prices=PriceTable(), count=_counter, **options)
+def _log(storage: Storage, **options: Any) -> RequestLog:
+    return RequestLog(storage, prices=PriceTable(), count=_counter, **options)
 
 
 def test_records_are_written_in_batches_off_the_caller(tmp_path: Path) -> None:
     seen: list[RequestRecord] = []
-    log = _log(tmp_path / "stats.sqlite3", listeners=[seen.append], flush_seconds=5.0)
+    log = _log(SqliteStorage(tmp_path), listeners=[seen.append], flush_seconds=5.0)
     started = time.perf_counter()
     for i in range(200):
         log.submit(_observed(1000.0 + i, "miss"))
@@ -59,7 +65,7 @@ def test_a_full_queue_drops_instead_of_blocking(tmp_path: Path) -> None:
         gate.wait(10)  # the writer is stuck opening: nothing leaves the queue
         return _counter()
 
-    log = RequestLog(tmp_path / "s.sqlite3", prices=PriceTable(), count=slow_counter, max_pending=5)
+    log = RequestLog(SqliteStorage(tmp_path), prices=PriceTable(), count=slow_counter, max_pending=5)
     started = time.perf_counter()
     for i in range(50):
         log.submit(_observed(float(i), "miss"))
@@ -74,11 +80,11 @@ def test_a_full_queue_drops_instead_of_blocking(tmp_path: Path) -> None:
 def test_retention_deletes_old_rows_and_the_thread_retires_when_idle(tmp_path: Path) -> None:
     now = 10 * 86400.0
     path = tmp_path / "stats.sqlite3"
-    first = _log(path, retention_days=0)  # keeps everything
+    first = _log(SqliteStorage(tmp_path), retention_days=0)  # keeps everything
     for age_days in (0.5, 2, 5):
         first.submit(_observed(now - age_days * 86400, "miss"))
     first.close()
-    log = _log(path, retention_days=1, clock=lambda: now, idle_seconds=0.2)
+    log = _log(SqliteStorage(tmp_path), retention_days=1, clock=lambda: now, idle_seconds=0.2)
     log.start()  # the sweep runs when the writer starts
     assert log.flush()
     with sqlite3.connect(path) as db:
@@ -92,8 +98,8 @@ def test_retention_deletes_old_rows_and_the_thread_retires_when_idle(tmp_path: P
     log.close()
 
 
-def _fill(path: Path, now: float) -> None:
-    log = _log(path, retention_days=0, prompt_chars=20)
+def _fill(storage: Storage, now: float) -> None:
+    log = _log(storage, retention_days=0, prompt_chars=20)
     for i in range(10):
         log.submit(_observed(now - 3000 + i, "miss", total_ms=100.0 + i, prompt=f"question {i % 3}"))
     for i in range(6):
@@ -104,11 +110,19 @@ def _fill(path: Path, now: float) -> None:
     log.close()
 
 
-def test_the_report(tmp_path: Path) -> None:
+@pytest.fixture(params=["embedded", "postgres"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
+    """Each backend's log: the report's SQL is written once for both."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+    opened = build_storage(Settings(data_dir=tmp_path / "data", store=url))
+    yield opened
+    opened.close()
+
+
+def test_the_report(storage: Storage) -> None:
     now = 1_000_000.0
-    path = tmp_path / "stats.sqlite3"
-    _fill(path, now)
-    figures = report.summarize(path, since_seconds=3600, now=now, buckets=6, by="model")
+    _fill(storage, now)
+    figures = report.summarize(storage, since_seconds=3600, now=now, buckets=6, by="model")
     assert figures["requests"] == 18 and figures["errors"] == 1
     assert figures["outcomes"] == {"exact": 6, "semantic": 1, "miss": 10, "bypass": 1}
     assert figures["hit_rate"] == round(7 / 17, 4)
@@ -127,14 +141,15 @@ def test_the_report(tmp_path: Path) -> None:
     assert timeline[-1]["hit_latency_ms"] is not None and timeline[2]["hit_rate"] is None
     groups = {row["key"]: row for row in figures["groups"]["rows"]}
     assert groups["gpt-4o-mini"]["requests"] == 17 and groups["my-own-model"]["hit_rate"] == 1.0
-    by_tenant = report.summarize(path, since_seconds=3600, now=now, by="tenant")["groups"]["rows"]
+    by_tenant = report.summarize(storage, since_seconds=3600, now=now, by="tenant")["groups"]["rows"]
     assert [(r["key"], r["requests"]) for r in by_tenant] == [("t1", 12), ("t2", 6)]
-    hidden = report.summarize(path, since_seconds=3600, now=now, show_text=False)
+    hidden = report.summarize(storage, since_seconds=3600, now=now, show_text=False)
     assert hidden["top_prompts"][0]["text"] is None and hidden["top_prompts"][0]["prompt_hash"]
 
 
 def test_an_empty_or_missing_log_reports_zeros(tmp_path: Path) -> None:
-    figures = report.summarize(tmp_path / "nothing.sqlite3", buckets=4)
+    figures = report.summarize(SqliteStorage(tmp_path / "nothing"), buckets=4)
+    assert not (tmp_path / "nothing").exists()  # a report creates no log
     assert figures["requests"] == 0 and figures["hit_rate"] is None and len(figures["timeline"]) == 4
     assert set(figures) == {"window", "requests", "errors", "outcomes", "hit_rate", "hit_rate_by_tier", "tokens",
                             "cost_saved_usd", "latency_ms", "top_prompts", "timeline"}
@@ -145,13 +160,14 @@ def test_durations_and_groups_are_checked() -> None:
     with pytest.raises(ConfigError):
         report.parse_duration("yesterday")
     with pytest.raises(ConfigError):
-        report.summarize(Path("x"), by="colour")
+        report.summarize(SqliteStorage(Path("x")), by="colour")
 
 
-def test_records_and_the_table_agree() -> None:
-    from semproxy.stats.log import COLUMNS, SCHEMA
+def test_records_and_the_table_agree(storage: Storage) -> None:
+    from semproxy.stats.log import COLUMNS
 
-    db = sqlite3.connect(":memory:")
-    db.executescript(SCHEMA)
-    table = [row[1] for row in db.execute("PRAGMA table_info(requests)")]
-    assert table == ["id", *COLUMNS] == ["id", *(f.name for f in dataclasses.fields(RequestRecord))]
+    storage.delete_requests_before(0.0)  # the log exists once it was written to
+    assert [f.name for f in dataclasses.fields(RequestRecord)] == COLUMNS
+    with storage.reading_log() as db:
+        names = [d[0] for d in db.execute(storage.log.dialect.sql("SELECT * FROM {requests} LIMIT 0")).description]
+    assert names == ["id", *COLUMNS]

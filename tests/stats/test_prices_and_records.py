@@ -12,6 +12,7 @@ import pytest
 from semproxy.compress.tokens import count_tokens
 from semproxy.stats.prices import Price, PriceTable
 from semproxy.stats.record import Observed, RequestRecord, finish
+from semproxy.types import Attempt, RequestFacts
 
 pytestmark = pytest.mark.usefixtures("offline_encodings")
 
@@ -33,7 +34,7 @@ def _observed(request: dict[str, Any], response: bytes, *, outcome: str = "miss"
     return Observed(started=1000.0, method="POST", endpoint="/v1/chat/completions", tenant=lambda: "t1",
                     request_body=[json.dumps(request).encode()], status=200,
                     content_type="text/event-stream" if stream else "application/json",
-                    response_body=[response], total_ms=12.0, ttfb_ms=3.0, info={"cache": outcome, **info},
+                    response_body=[response], total_ms=12.0, ttfb_ms=3.0, facts=RequestFacts(cache=outcome, **info),
                     default_upstream="api.example")
 
 
@@ -67,13 +68,14 @@ def test_a_hit_saves_the_upstreams_own_usage_at_the_models_price() -> None:
 def test_a_miss_counts_compression_savings_and_names_the_upstream() -> None:
     answer = _completion("Paris.", {"prompt_tokens": 20, "completion_tokens": 2, "total_tokens": 22})
     record = _finish(_observed(CHAT, json.dumps(answer).encode(), prompt_tokens_saved=300, upstream_ms=9.0,
-                               attempts=[{"upstream": "a", "outcome": "timeout"}, {"upstream": "b", "outcome": "ok"}],
+                               attempts=[Attempt(upstream="a", outcome="timeout", ms=300.0),
+                                         Attempt(upstream="b", outcome="ok", ms=5.0)],
                                upstream="b"))
     assert record.hit_saved_tokens == 0 and record.cost_saved_hit == 0
     assert record.compression_saved_tokens == 300
     assert record.cost_saved_compression == pytest.approx(300 * 0.15 / 1e6)
     assert record.upstream == "b" and record.upstream_ms == 9.0
-    assert json.loads(record.attempts or "")[0] == {"upstream": "a", "outcome": "timeout"}
+    assert json.loads(record.attempts or "")[0] == {"upstream": "a", "outcome": "timeout", "ms": 300.0}
 
 
 def test_without_usage_tokens_are_counted_with_tiktoken() -> None:

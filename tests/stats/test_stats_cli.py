@@ -10,12 +10,13 @@ import pytest
 
 from semproxy.cli import main
 from semproxy.stats.terminal import chart
+from semproxy.storage.sqlite import SqliteStorage
 from tests.stats.test_log_and_report import _fill
 
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
-    _fill(tmp_path / "stats.sqlite3", time.time())
+    _fill(SqliteStorage(tmp_path), time.time())
     return tmp_path
 
 

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("offline_encodings")]
 
 def _rows(proxy: Proxy) -> list[dict[str, Any]]:
     assert proxy.app.log.flush()  # type: ignore[attr-defined]
-    with sqlite3.connect(proxy.app.log.path) as db:  # type: ignore[attr-defined]
+    with sqlite3.connect(proxy.app.log.store.path("stats.sqlite3")) as db:  # type: ignore[attr-defined]
         db.row_factory = sqlite3.Row
         return [dict(r) for r in db.execute("SELECT * FROM requests ORDER BY id")]
 
@@ -46,7 +46,7 @@ async def test_every_request_is_logged_with_outcome_tenant_tokens_and_timings(pr
     assert miss["prompt_text"] is None  # hashes only, by default
     assert bypass["upstream_ms"] > 0 and bypass["embed_ms"] is None and bypass["hit_saved_tokens"] == 0
     assert models["endpoint"] == "/v1/models" and models["method"] == "GET"
-    assert b"sk-alice" not in Path(proxy.app.log.path).read_bytes()  # type: ignore[attr-defined]
+    assert b"sk-alice" not in Path(proxy.app.log.store.path("stats.sqlite3")).read_bytes()  # type: ignore[attr-defined]
 
 
 async def test_prompt_text_and_prices_follow_the_settings(make_proxy, settings: Settings) -> None:  # type: ignore[no-untyped-def]

@@ -13,8 +13,8 @@ import pytest
 
 from semproxy.app import build_app, build_cache, build_transport
 from semproxy.cache.service import SemanticCache
-from semproxy.config import Settings
-from semproxy.upstream.config import UpstreamConfig
+from semproxy.config import Settings, UpstreamConfig
+from semproxy.types import Attempt, RequestFacts, facts
 from tests.fakes import FakeOpenAI, HashingEmbedder
 from tests.servers import ThreadServer, free_port
 from tests.upstream.test_routing import FakeClock
@@ -24,10 +24,10 @@ pytestmark = pytest.mark.anyio
 
 @dataclasses.dataclass
 class Routed:
-    """A semproxy app over real upstream sockets, and what each request reported in request_info."""
+    """A semproxy app over real upstream sockets, and what each request reported in its facts."""
 
     client: httpx.AsyncClient
-    infos: list[dict[str, Any]]
+    infos: list[RequestFacts]
     cache: SemanticCache
 
     async def chat(self, prompt: str, model: str = "gpt-test", **fields: Any) -> httpx.Response:
@@ -36,11 +36,10 @@ class Routed:
                                       headers={"authorization": "Bearer sk-client"})
 
 
-def _recording(app: Any, infos: list[dict[str, Any]]) -> Any:
+def _recording(app: Any, infos: list[RequestFacts]) -> Any:
     async def wrapper(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            scope["semproxy"] = info = {}  # the layers add to this dict (request_info)
-            infos.append(info)
+            infos.append(facts(scope))  # created here, so the layers fill in this one
         await app(scope, receive, send)
 
     return wrapper
@@ -69,7 +68,7 @@ async def routed(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         cache = build_cache(settings, load_embedder=HashingEmbedder)
         await cache.start()
         transport = build_transport()
-        infos: list[dict[str, Any]] = []
+        infos: list[RequestFacts] = []
         app = build_app(settings, transport=transport, cache=cache, **({"clock": clock} if clock else {}))
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=_recording(app, infos)),
                                    base_url="http://semproxy.test", timeout=30)
@@ -110,9 +109,9 @@ async def test_requests_go_by_model_pattern_and_alias(routed, fleet) -> None:  #
     assert general.calls[0].headers["x-team"] == "search"
     assert coder.calls[0].headers["authorization"] == "Bearer sk-client"  # no key configured: the client's
     assert general.calls[1].json()["messages"] == [{"role": "user", "content": "hello"}]  # only model changed
-    assert proxy.infos[0]["upstream"] == "general"
-    assert proxy.infos[0]["attempts"][0]["upstream"] == "general"
-    assert proxy.infos[0]["attempts"][0]["outcome"] == "ok" and proxy.infos[0]["attempts"][0]["ms"] > 0
+    assert proxy.infos[0].upstream == "general"
+    assert proxy.infos[0].attempts[0].upstream == "general"
+    assert proxy.infos[0].attempts[0].outcome == "ok" and proxy.infos[0].attempts[0].ms > 0
 
     unknown = await proxy.chat("hello", model="gpt-4o")
     assert unknown.status_code == 404
@@ -167,8 +166,8 @@ async def test_failover_on_connection_refused(routed, fleet) -> None:  # type: i
     assert response.headers["x-semproxy-upstream"] == "up"
     assert response.headers["x-semproxy-attempts"] == "down:connect_error,up:ok"
     info = proxy.infos[0]
-    assert info["upstream"] == "up"
-    assert [(a["upstream"], a["outcome"]) for a in info["attempts"]] == [("down", "connect_error"), ("up", "ok")]
+    assert info.upstream == "up"
+    assert [(a.upstream, a.outcome) for a in info.attempts] == [("down", "connect_error"), ("up", "ok")]
 
 
 async def test_failover_on_503_and_the_last_upstream_answer_is_passed_on(routed, fleet) -> None:  # type: ignore[no-untyped-def]
@@ -218,7 +217,7 @@ async def test_failover_on_timeout(routed, fleet) -> None:  # type: ignore[no-un
                          UpstreamConfig(name="ok", url=ok_url))
     response = await proxy.chat("hello")
     assert response.status_code == 200 and response.headers["x-semproxy-attempts"] == "stuck:timeout,ok:ok"
-    assert 150 < proxy.infos[0]["attempts"][0]["ms"] < 1500
+    assert 150 < proxy.infos[0].attempts[0].ms < 1500
 
 
 async def test_when_nothing_answers_the_client_gets_502_or_504(routed, fleet) -> None:  # type: ignore[no-untyped-def]
@@ -230,7 +229,7 @@ async def test_when_nothing_answers_the_client_gets_502_or_504(routed, fleet) ->
     assert response.status_code == 504  # the last failure decides
     assert response.json()["error"]["code"] == "upstream_timeout"
     assert response.headers["x-semproxy-attempts"] == "down:connect_error,stuck:timeout"
-    assert "x-semproxy-upstream" not in response.headers and "upstream" not in proxy.infos[0]
+    assert "x-semproxy-upstream" not in response.headers and proxy.infos[0].upstream is None
 
 
 async def test_attempts_are_bounded_in_number_and_time(routed, fleet) -> None:  # type: ignore[no-untyped-def]
@@ -290,7 +289,7 @@ async def test_breaker_opens_then_a_probe_closes_it_again(routed, fleet) -> None
     attempts = [(await proxy.chat(f"q{i}")).headers["x-semproxy-attempts"] for i in range(3)]
     assert attempts == ["flaky:status_503,backup:ok"] * 2 + ["flaky:circuit_open,backup:ok"]
     assert len(flaky.calls) == 2  # the open circuit kept the third request away
-    assert proxy.infos[2]["attempts"][0] == {"upstream": "flaky", "outcome": "circuit_open", "ms": 0.0}
+    assert proxy.infos[2].attempts[0] == Attempt(upstream="flaky", outcome="circuit_open", ms=0.0)
 
     clock.now += 30  # cooldown over: the next request probes, and the probe fails
     assert (await proxy.chat("q3")).headers["x-semproxy-attempts"] == "flaky:status_503,backup:ok"

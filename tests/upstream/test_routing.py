@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from semproxy.config import Settings, load_settings
+from semproxy.config import Settings, UpstreamConfig, load_settings
 from semproxy.errors import ConfigError, ModelNotFound
 from semproxy.upstream.breaker import CircuitBreaker
-from semproxy.upstream.config import UpstreamConfig
 from semproxy.upstream.routing import Router, RoutingPolicy
 
 

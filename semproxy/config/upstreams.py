@@ -16,7 +16,7 @@ _GLOB_CHARS = frozenset("*?[")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class UpstreamConfig:
-    """An OpenAI-compatible API semproxy may send requests to. See the README's "Routing and failover"."""
+    """An OpenAI-compatible API semproxy may send requests to. See docs/routing.md."""
 
     name: str
     url: str

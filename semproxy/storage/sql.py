@@ -1,0 +1,151 @@
+"""The SQL both backends share, written once: the dialect differences, and the cache entries' statements.
+
+SQLite and PostgreSQL differ here only in table names (the embedded files predate the shared store, whose
+tables carry a `semproxy_` prefix so the database can hold other things), the parameter mark, the column of
+the embedding, a two-argument maximum and how a vector is written and read. Each backend passes its
+`Dialect`; the statements are formatted from it once, when a backend is made. Every method takes an open
+connection, inside a transaction the caller holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
+
+from semproxy.storage.records import CacheEntry, NewEntry, Removed, Vector
+
+Connection = Any  # a DB-API connection: sqlite3's or psycopg's (both have .execute and .cursor)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Dialect:
+    """What differs between the two backends in the SQL they share."""
+
+    entries: str
+    exact_keys: str
+    requests: str
+    vector: str  # the column that holds an entry's embedding
+    mark: str  # the parameter placeholder
+    greatest: str  # the two-argument maximum
+    floor: str  # the whole number below a non-negative expression, "{}" standing for the expression
+    to_vector: Callable[[Vector], object]  # a vector as the driver writes it
+    from_vector: Callable[[Any], Vector]  # ... and back
+
+    def sql(self, template: str, **extra: str) -> str:
+        """A statement with `{entries}`, `{p}` (the parameter mark) etc. filled in."""
+        names = {f.name: value for f in dataclasses.fields(self) if isinstance(value := getattr(self, f.name), str)}
+        return template.format(p=self.mark, **names, **extra)
+
+    def marks(self, count: int) -> str:
+        """`count` parameter marks, for an IN list."""
+        return ", ".join([self.mark] * count)
+
+
+ENTRY_COLUMNS = "e.id, e.kind, e.tenant, e.scope, e.model, e.prompt, e.response, e.created_at, e.expires_at"
+
+
+class EntryQueries:
+    """The cache entries: exact keys (and the aliases semantic hits create), LRU times, TTL, eviction."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = d = dialect
+        self._get_exact = d.sql("SELECT {columns} FROM {exact_keys} k JOIN {entries} e ON e.id = k.entry_id "
+                                "WHERE k.key = {p}", columns=ENTRY_COLUMNS)
+        self._delete_key = d.sql("DELETE FROM {entries} WHERE id IN (SELECT entry_id FROM {exact_keys} "
+                                 "WHERE key = {p}) RETURNING id, scope")
+        self._insert = d.sql("INSERT INTO {entries} (kind, tenant, scope, model, prompt, {vector}, response, "
+                             "created_at, expires_at, last_used_at) VALUES ({marks}) RETURNING id", marks=d.marks(10))
+        self._insert_key = d.sql("INSERT INTO {exact_keys} (key, entry_id) VALUES ({p}, {p})")
+        # An alias of an entry that is gone points nowhere: the SELECT finds no row and nothing is written.
+        self._alias = d.sql("INSERT INTO {exact_keys} (key, entry_id) SELECT {p}, id FROM {entries} WHERE id = {p} "
+                            "ON CONFLICT (key) DO UPDATE SET entry_id = excluded.entry_id")
+        self._touch = d.sql("UPDATE {entries} SET last_used_at = {greatest}(last_used_at, {p}) WHERE id = {p}")
+        self._expired = d.sql("DELETE FROM {entries} WHERE expires_at IS NOT NULL AND expires_at <= {p} "
+                              "RETURNING id, scope")
+        self._count = d.sql("SELECT count(*) FROM {entries}")
+        self._least_used = d.sql("DELETE FROM {entries} WHERE id IN (SELECT id FROM {entries} "
+                                 "ORDER BY last_used_at, id LIMIT {p}) RETURNING id, scope")
+
+    # ---------------------------------------------------------------- reads
+
+    def get_exact(self, db: Connection, key: str) -> CacheEntry | None:
+        """The entry an exact key points to, expired or not."""
+        row = db.execute(self._get_exact, (key,)).fetchone()
+        return None if row is None else self.entry(row)
+
+    def get_many(self, db: Connection, ids: Sequence[int]) -> list[CacheEntry]:
+        """The entries with these ids that still exist, with their vectors (for the hit verifier)."""
+        if not ids:
+            return []
+        sql = self.dialect.sql("SELECT {columns}, e.{vector} FROM {entries} e WHERE e.id IN ({marks})",
+                               columns=ENTRY_COLUMNS, marks=self.dialect.marks(len(ids)))
+        return [self.entry(row) for row in db.execute(sql, list(ids)).fetchall()]
+
+    def count(self, db: Connection) -> int:
+        """How many entries exist."""
+        return int(db.execute(self._count).fetchone()[0])
+
+    def entry(self, row: Sequence[Any]) -> CacheEntry:
+        """A row of ENTRY_COLUMNS, with the vector as a tenth column if it was selected."""
+        vector = row[9] if len(row) > 9 else None
+        return CacheEntry(
+            id=int(row[0]), kind=row[1], tenant=row[2], scope=row[3], model=row[4], prompt=row[5],
+            response=bytes(row[6]), created_at=float(row[7]), expires_at=None if row[8] is None else float(row[8]),
+            vector=None if vector is None else self.dialect.from_vector(vector),
+        )
+
+    # ---------------------------------------------------------------- writes
+
+    def put(self, db: Connection, entry: NewEntry, *, now: float) -> tuple[int, Removed]:
+        """Store an entry under its exact key, replacing whatever that key named; (its id, what went)."""
+        key = entry.key
+        removed = _removed(db.execute(self._delete_key, (key.exact,)))
+        expires = now + entry.ttl_seconds if entry.ttl_seconds > 0 else None
+        vector = None if entry.vector is None else self.dialect.to_vector(entry.vector)
+        entry_id = int(db.execute(self._insert, (key.kind, key.tenant, key.scope, key.model, key.prompt, vector,
+                                                 entry.response, now, expires, now)).fetchone()[0])
+        db.execute(self._insert_key, (key.exact, entry_id))
+        return entry_id, removed
+
+    def alias(self, db: Connection, key: str, entry_id: int) -> None:
+        """Point another exact key at an entry (a semantic hit becomes an exact hit next time)."""
+        db.execute(self._alias, (key, entry_id))
+
+    def touch(self, db: Connection, used: Mapping[int, float]) -> None:
+        """Record when entries were last served (for LRU eviction)."""
+        cursor = db.cursor()
+        try:
+            cursor.executemany(self._touch, [(at, entry_id) for entry_id, at in used.items()])
+        finally:
+            cursor.close()
+
+    def delete_expired(self, db: Connection, *, now: float) -> Removed:
+        """Remove entries whose TTL ran out."""
+        return _removed(db.execute(self._expired, (now,)))
+
+    def evict(self, db: Connection, *, keep: int) -> Removed:
+        """Remove the least recently used entries beyond `keep`."""
+        excess = self.count(db) - keep
+        return _removed(db.execute(self._least_used, (excess,))) if excess > 0 else []
+
+    def sweep(self, db: Connection, *, now: float, keep: int, used: Mapping[int, float]) -> tuple[Removed, int]:
+        """Record LRU times, drop expired entries, evict beyond `keep`; (what went, how many are left)."""
+        if used:
+            self.touch(db, used)
+        removed = self.delete_expired(db, now=now) + self.evict(db, keep=keep)
+        return removed, self.count(db)
+
+    def delete_tenants(self, db: Connection, tenants: Collection[str] | None) -> Removed:
+        """Remove every entry (None), or those of these tenants."""
+        if tenants is None:
+            return _removed(db.execute(self.dialect.sql("DELETE FROM {entries} RETURNING id, scope")))
+        if not tenants:
+            return []
+        sql = self.dialect.sql("DELETE FROM {entries} WHERE tenant IN ({marks}) RETURNING id, scope",
+                               marks=self.dialect.marks(len(tenants)))
+        return _removed(db.execute(sql, sorted(tenants)))
+
+
+def _removed(cursor: Any) -> Removed:
+    return [(int(row[0]), str(row[1])) for row in cursor.fetchall()]

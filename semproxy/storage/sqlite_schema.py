@@ -1,0 +1,92 @@
+"""The embedded backend's schema: its files, and every file's migrations in one list.
+
+Each file records how many of its migrations ran in `PRAGMA user_version`. Version 1 of each file is the
+schema older releases created with CREATE ... IF NOT EXISTS, so their files take it as a no-op and carry on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from collections.abc import Iterator
+
+CACHE, LOG, COMPRESSIONS = "cache.sqlite3", "stats.sqlite3", "compression.sqlite3"
+FILES = (CACHE, LOG, COMPRESSIONS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Migration:
+    """One step of one file's schema. Never edit a released step: add one."""
+
+    file: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(CACHE, """
+        CREATE TABLE IF NOT EXISTS entries (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, tenant TEXT NOT NULL, scope TEXT NOT NULL,
+            model TEXT NOT NULL, prompt TEXT, vector BLOB, response BLOB NOT NULL, created_at REAL NOT NULL,
+            expires_at REAL, last_used_at REAL NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS entries_tenant ON entries(tenant);
+        CREATE INDEX IF NOT EXISTS entries_lru ON entries(last_used_at);
+        CREATE INDEX IF NOT EXISTS entries_expiry ON entries(expires_at) WHERE expires_at IS NOT NULL;
+        CREATE TABLE IF NOT EXISTS exact_keys (
+            key TEXT PRIMARY KEY,
+            entry_id INTEGER NOT NULL REFERENCES entries(id) ON DELETE CASCADE
+        ) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS exact_keys_entry ON exact_keys(entry_id);
+        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """),
+    Migration(LOG, """
+        CREATE TABLE IF NOT EXISTS requests (
+            id INTEGER PRIMARY KEY,
+            ts REAL NOT NULL, tenant TEXT, model TEXT, upstream TEXT, endpoint TEXT NOT NULL, method TEXT NOT NULL,
+            status INTEGER NOT NULL, outcome TEXT NOT NULL, stream INTEGER NOT NULL, similarity REAL, verdict TEXT,
+            attempts TEXT, total_ms REAL NOT NULL, ttfb_ms REAL, embed_ms REAL, search_ms REAL, upstream_ms REAL,
+            prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+            compression_saved_tokens INTEGER NOT NULL, hit_saved_tokens INTEGER NOT NULL,
+            cost_saved_hit REAL NOT NULL, cost_saved_compression REAL NOT NULL, priced INTEGER NOT NULL,
+            prompt_hash TEXT, prompt_text TEXT
+        );
+        CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
+        CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+    """),
+    Migration(COMPRESSIONS, """
+        CREATE TABLE IF NOT EXISTS compressions (key TEXT PRIMARY KEY, result TEXT NOT NULL, created_at REAL NOT NULL);
+    """),
+)
+
+
+def migrate(db: sqlite3.Connection, file: str) -> tuple[int, int]:
+    """Apply the file's migrations that have not run, in one transaction; (version before, version after).
+
+    The version is read inside the transaction, so two processes opening a file at once take turns."""
+    steps = [m for m in MIGRATIONS if m.file == file]
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        before = int(db.execute("PRAGMA user_version").fetchone()[0])
+        for step in steps[before:]:
+            for statement in _statements(step.sql):
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {max(before, len(steps))}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return before, max(before, len(steps))
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a script (executescript would commit the transaction it runs in)."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending.strip()
+            pending = ""
+    if pending.strip():
+        raise ValueError(f"an incomplete statement in a migration: {pending.strip()[:80]}")
+
+
