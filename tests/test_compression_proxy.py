@@ -118,3 +118,20 @@ async def test_a_compressor_that_cannot_load_never_fails_a_request(make_proxy, s
         assert response.status_code == 200
     assert upstream.calls[-1].json()["messages"][0]["content"] == PROMPT
     await service.close()
+
+
+@pytest.mark.parametrize("path", ["/v1/responses", "/v1/chat/completions"])
+async def test_a_body_over_the_limit_is_refused_with_413_by_the_compression_layer(
+        make_proxy, settings: Settings, tmp_path: Path, upstream: FakeOpenAI, path: str) -> None:  # type: ignore[no-untyped-def]
+    # The cache is off, so the compression layer is the one that reads the body, on either route.
+    limited = dataclasses.replace(settings, compression_enabled=True, cache_enabled=False, max_body_bytes=4096)
+    proxy = await make_proxy(settings=limited, compression=_service(tmp_path))
+    body = {"model": "gpt-4o-mini", "instructions": "x" * 10_000, "input": "hi",
+            "messages": [{"role": "system", "content": "y" * 10_000}, {"role": "user", "content": "hi"}]}
+    response = await proxy.client.post(path, json=body)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "body_too_large" and response.json()["error"]["type"]
+    assert upstream.calls == []  # nothing was forwarded
+    small = await proxy.client.post(path, json={"model": "gpt-4o-mini", "input": "hi",
+                                                "messages": [{"role": "user", "content": "hi"}]})
+    assert small.status_code != 413 and len(upstream.calls) == 1  # under the limit: forwarded

@@ -110,3 +110,9 @@ def _commented_tables(text: str) -> tuple[list[str], dict[str, list[str]]]:
         else:
             current.append(line[2:] if line.startswith("# ") else line.lstrip("#"))
     return outside, tables
+
+
+def test_secrets_stay_out_of_a_logged_settings() -> None:
+    settings = Settings(upstream_api_key="sk-operator-secret", admin_token="admin-secret")
+    assert "sk-operator-secret" not in repr(settings) and "admin-secret" not in repr(settings)
+    assert settings.upstream_api_key == "sk-operator-secret"  # still there for whoever needs it
