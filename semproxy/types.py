@@ -50,8 +50,7 @@ class RequestFacts:
     cache: str | None = None  # exact | semantic | miss | bypass; None: no cache layer saw it
     similarity: float | None = None  # of a semantic hit
     verdict: str | None = None  # the hit verifier's X-Semproxy-Verdict
-    prompt_tokens_original: int = 0  # system-prompt tokens before compression
-    prompt_tokens_saved: int = 0  # ... and how many compression removed
+    prompt_tokens_saved: int = 0  # system-prompt tokens compression removed
     upstream: str | None = None  # whose answer it is
     attempts: list[Attempt] = dataclasses.field(default_factory=list)
     embed_ms: float | None = None  # time in the embedding model's forward pass (a shared batch counts whole)

@@ -69,7 +69,7 @@ class CompressionMiddleware:
     async def _compressed(self, scope: Scope, receive: Receive, send: Send, kind: str, raw: bytes) -> None:
         # Most requests carry no preamble at all: a substring test spares them a JSON round trip.
         body = _json_object(raw) if any(marker in raw for marker in _PREAMBLE_MARKERS) else None
-        saved, original_tokens = 0, 0
+        saved = 0
         if body is not None:
             model = str(body.get("model", ""))
             found = [await self.service.compressed(text) for text in _preambles(kind, body)]
@@ -80,8 +80,7 @@ class CompressionMiddleware:
                 scope = _with_length(scope, len(raw))
                 encoding = encoding_name(model)
                 saved = sum(r.saved(encoding) for r in results)
-                original_tokens = sum(r.tokens[encoding][0] for r in results)
-        _record(scope, saved=saved, original=original_tokens)
+        facts(scope).prompt_tokens_saved = saved
         await self.app(scope, replay(raw, receive), _with_saved_header(send, saved))
 
 
@@ -133,11 +132,6 @@ def _with_length(scope: Scope, length: int) -> Scope:
     """The body changed: its content-length must change with it."""
     headers = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"content-length", b"transfer-encoding")]
     return {**scope, "headers": [*headers, (b"content-length", str(length).encode())]}
-
-
-def _record(scope: Scope, *, saved: int, original: int) -> None:
-    record = facts(scope)
-    record.prompt_tokens_original, record.prompt_tokens_saved = original, saved
 
 
 def _with_saved_header(send: Send, saved: int) -> Send:

@@ -73,7 +73,10 @@ class SqliteStorage:
 
     def connection(self, file: str) -> sqlite3.Connection:
         """This thread's connection to a file, whose schema is brought up to date the first time."""
-        connections: dict[str, sqlite3.Connection] = self._local.__dict__.setdefault("connections", {})
+        try:
+            connections: dict[str, sqlite3.Connection] = self._local.connections
+        except AttributeError:
+            connections = self._local.connections = {}
         if file not in connections:
             self._migrate_once(file)
             connections[file] = connect(self.path(file))
@@ -104,7 +107,6 @@ class SqliteStorage:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
-
 
     @contextlib.contextmanager
     def reading_log(self) -> Iterator[sqlite3.Connection | None]:
