@@ -86,6 +86,18 @@ def drop_database(admin_url: str, url: str) -> None:
         db.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+def lock_waiters(url: str) -> int:
+    """Sessions on the database whose last statement asked for a single-flight lock they do not hold: replicas
+    waiting for another one's identical request (they poll pg_try_advisory_lock)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as db:
+        return int(db.execute(
+            "SELECT count(*) FROM pg_stat_activity a WHERE a.datname = current_database() "
+            "AND a.query LIKE 'SELECT pg_try_advisory_lock%' AND NOT EXISTS (SELECT 1 FROM pg_locks l "
+            "WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted)").fetchone()[0])
+
+
 def database_url(admin_url: str, name: str) -> str:
     return re.sub(r"/postgres(\?|$)", f"/{name}\\1", admin_url, count=1)
 

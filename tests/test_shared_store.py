@@ -135,16 +135,7 @@ async def _value(result: bool | Awaitable[bool]) -> bool:
 async def _a_replica_waits_for_the_lock(url: str, upstream: FakeOpenAI) -> bool:
     """Whether a replica asked for the single-flight lock and was refused (it waits), or, if single flight
     failed, a second request reached the upstream."""
-    import psycopg
-
-    def refused() -> bool:
-        with psycopg.connect(url, autocommit=True) as db:
-            return bool(db.execute(
-                "SELECT count(*) FROM pg_stat_activity a WHERE a.datname = current_database() "
-                "AND a.query LIKE 'SELECT pg_try_advisory_lock%' AND NOT EXISTS (SELECT 1 FROM pg_locks l "
-                "WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted)").fetchone()[0])
-
-    return len(upstream.completions()) > 1 or await anyio.to_thread.run_sync(refused)
+    return len(upstream.completions()) > 1 or await anyio.to_thread.run_sync(pg.lock_waiters, url) > 0
 
 
 @pytest.mark.usefixtures("offline_encodings")
