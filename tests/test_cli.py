@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,10 @@ import pytest
 
 from semproxy.cache.keys import make_key, tenant_id
 from semproxy.cli import main
+from semproxy.config import default_data_dir
 from semproxy.storage.records import NewEntry
 from semproxy.storage.sqlite import SqliteStorage
+from tests.servers import free_port, serve_process
 
 
 def _fill(data_dir: Path) -> None:
@@ -37,7 +40,24 @@ def test_bad_settings_exit_with_a_message(tmp_path: Path, capsys: pytest.Capture
     assert "port must be between" in capsys.readouterr().err
 
 
-def test_serve_requires_no_arguments_and_documents_them(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.slow
+def test_serve_requires_no_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only the environment says where it may write (the per-user data dir under a temporary home) and listen.
+    for name in [name for name in os.environ if name.startswith("SEMPROXY_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "home" / "data"))
+    port = free_port()
+    env = {**os.environ, "SEMPROXY_PORT": str(port), "SEMPROXY_COMPRESSION_ENABLED": "false",
+           "SEMPROXY_SEMANTIC_ENABLED": "false", "SEMPROXY_LOG_LEVEL": "warning", "HF_HUB_OFFLINE": "1"}
+    data_dir = default_data_dir()
+    assert data_dir.is_relative_to(tmp_path) and not data_dir.exists()
+    with serve_process((), env=env, port=port, cwd=tmp_path) as process:  # `semproxy serve`, nothing more
+        assert process.args[-1] == "serve"
+        assert (data_dir / "cache.sqlite3").is_file()  # the cache opened in the default data dir
+
+
+def test_serve_documents_its_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     out = capsys.readouterr().out

@@ -6,13 +6,14 @@ import concurrent.futures
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from semproxy.cli import main
+from tests import pg
 from tests.fakes import FakeOpenAI
 from tests.servers import ThreadServer, semproxy_process
 
@@ -36,6 +37,13 @@ def _wait_for_store(url: str, *, timeout: float = 75) -> None:
             break
         time.sleep(0.5)
     assert health.get("status") == "ok", health
+
+
+def _wait_for(condition: Callable[[], bool], failure: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.05)
 
 
 def _ask(url: str, prompt: str, **headers: str) -> tuple[str, str]:
@@ -63,18 +71,24 @@ def test_two_replicas_share_one_cache_and_one_log(tmp_path: Path, pg_url: str, u
         assert _ask(url_b, "How can I reverse a list in Python?", **{"x-semproxy-threshold": "0.85"}) \
             == ("semantic", answer)
 
-        upstream.delay = 0.5  # identical misses on both replicas at once: one goes upstream
+        # Identical misses on both replicas at once: one goes upstream, and is held there until the other
+        # replica is seen waiting for it.
+        upstream.release.clear()
         before = len(upstream.completions())
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(lambda url: _ask(url, "What is the boiling point of water?"),
-                                    [url_a, url_b, url_a, url_b]))
+            asked = pool.map(lambda url: _ask(url, "What is the boiling point of water?"), [url_a, url_b, url_a, url_b])
+            try:
+                _wait_for(lambda: len(upstream.completions()) > before + 1 or pg.lock_waiters(pg_url) > 0,
+                          "neither replica waited for the other")
+            finally:
+                upstream.release.set()
+            answers = list(asked)
         assert len(upstream.completions()) == before + 1
         # The others are hits: exact, or semantic when a waiter's exact lookup ran before the answer was stored
         # and its embedding (slower: the model) after.
         outcomes = sorted(o for o, _ in answers)
         assert len({text for _, text in answers}) == 1 and outcomes.count("miss") == 1, answers
         assert set(outcomes) - {"miss"} <= {"exact", "semantic"}, answers
-        upstream.delay = 0.0
 
         assert main(["cache", "clear", "--store", pg_url]) == 0
         assert "removed 2 entries" in capsys.readouterr().out  # an alias points at an entry, it is not one

@@ -6,23 +6,27 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
 
+import anyio
 import pytest
 
 from semproxy.app import build_app, build_storage, open_entry_store
 from semproxy.cache.service import CachePolicy, SemanticCache
 from semproxy.cli import main
 from semproxy.config import Settings
+from semproxy.errors import CacheFailure
 from tests import pg
 from tests.conftest import Proxy
 from tests.fakes import FakeOpenAI, HashingEmbedder
@@ -85,9 +89,15 @@ async def test_clear_and_eviction_apply_to_every_replica(make_proxy, shared: Set
 async def test_identical_misses_on_two_replicas_reach_the_upstream_once(make_proxy, shared: Settings,  # type: ignore[no-untyped-def]
                                                                        upstream: FakeOpenAI) -> None:
     a, b = await make_proxy(settings=on(shared, "a")), await make_proxy(settings=on(shared, "b"))
-    upstream.delay = 0.5
-    answers = await asyncio.gather(a.chat("one question, twice"), b.chat("one question, twice"),
-                                   a.chat("one question, twice"), b.chat("one question, twice"))
+    upstream.release.clear()  # the first to go upstream is held there until the other replica is seen waiting
+    asked = asyncio.gather(a.chat("one question, twice"), b.chat("one question, twice"),
+                           a.chat("one question, twice"), b.chat("one question, twice"))
+    try:
+        await _until(lambda: _a_replica_waits_for_the_lock(shared.store or "", upstream),
+                     "the other replica never asked for the lock")
+    finally:
+        upstream.release.set()
+    answers = await asked
     assert len(upstream.completions()) == 1
     assert len({_text(r) for r in answers}) == 1
     assert sorted(r.headers["x-semproxy-cache"] for r in answers) == ["exact", "exact", "exact", "miss"]
@@ -97,16 +107,35 @@ async def test_a_replica_waits_for_another_only_so_long(make_proxy, shared: Sett
                                                         upstream: FakeOpenAI) -> None:
     a = await make_proxy(settings=on(shared, "a"))
     b = await make_proxy(settings=on(dataclasses.replace(shared, flight_wait=0.2), "b"))
-    upstream.delay = 1.0
-    started = time.monotonic()
-    slow, impatient = await asyncio.gather(a.chat("slow one"), _after(0.1, b.chat("slow one")))
-    assert slow.headers["x-semproxy-cache"] == impatient.headers["x-semproxy-cache"] == "miss"
-    assert len(upstream.completions()) == 2 and time.monotonic() - started < 2.0
+    upstream.release.clear()  # a's answer is held upstream until the test lets it go
+    slow = asyncio.ensure_future(a.chat("slow one"))
+    try:
+        await _until(lambda: len(upstream.completions()) == 1, "a never forwarded the request")
+        impatient = asyncio.ensure_future(b.chat("slow one"))  # a holds the replicas' lock on it now
+        await _until(lambda: len(upstream.completions()) == 2, "b waited for a for longer than flight_wait")
+        assert not slow.done()  # b gave up waiting while a's answer was still on its way
+    finally:
+        upstream.release.set()
+    assert (await slow).headers["x-semproxy-cache"] == (await impatient).headers["x-semproxy-cache"] == "miss"
+    assert len(upstream.completions()) == 2
 
 
-async def _after(seconds: float, coroutine: object) -> object:
-    await asyncio.sleep(seconds)
-    return await coroutine  # type: ignore[misc]
+async def _until(condition: Callable[[], bool | Awaitable[bool]], failure: str, timeout: float = 30.0) -> None:
+    """Poll until the condition holds; fail with `failure` if it does not within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await _value(condition()):
+        assert time.monotonic() < deadline, failure
+        await asyncio.sleep(0.01)
+
+
+async def _value(result: bool | Awaitable[bool]) -> bool:
+    return await result if inspect.isawaitable(result) else bool(result)
+
+
+async def _a_replica_waits_for_the_lock(url: str, upstream: FakeOpenAI) -> bool:
+    """Whether a replica asked for the single-flight lock and was refused (it waits), or, if single flight
+    failed, a second request reached the upstream."""
+    return len(upstream.completions()) > 1 or await anyio.to_thread.run_sync(pg.lock_waiters, url) > 0
 
 
 @pytest.mark.usefixtures("offline_encodings")
@@ -138,20 +167,23 @@ def own_server() -> Iterator[tuple[object, str]]:
 
 
 async def test_requests_are_forwarded_while_postgres_is_down_and_cached_again_after(  # type: ignore[no-untyped-def]
-        make_proxy, settings: Settings, own_server: tuple[object, str], upstream: FakeOpenAI) -> None:
+        make_proxy, settings: Settings, own_server: tuple[object, str], upstream: FakeOpenAI,
+        caplog: pytest.LogCaptureFixture) -> None:
     server, url = own_server
     proxy = await make_proxy(settings=dataclasses.replace(settings, store=url, postgres_timeout=1.0))
     await proxy.chat("before the outage")
     assert (await proxy.chat("before the outage")).headers["x-semproxy-cache"] == "exact"
     pg.stop_server(server)
-    took = []
-    for prompt in ("before the outage", "during the outage", "during the outage"):
-        started = time.monotonic()
-        response = await proxy.chat(prompt)
-        took.append(time.monotonic() - started)
+    caplog.set_level(logging.WARNING, logger="semproxy.cache")
+    for number, prompt in enumerate(("before the outage", "during the outage", "during the outage")):
+        caplog.clear()
+        with anyio.fail_after(30):  # the first one waits for the database at most about postgres_timeout
+            response = await proxy.chat(prompt)
         assert response.status_code == 200 and response.headers["x-semproxy-cache"] == "miss"
         assert _text(response).startswith("answer #")
-    assert took[0] < 10 and max(took[1:]) < 0.5  # once it is known to be down, the store is not waited for
+        why = [record.exc_info[0] for record in caplog.records if record.exc_info and record.name == "semproxy.cache"]
+        if number > 0:  # once it is known to be down, the store is not waited for: each use fails at once
+            assert why and set(why) == {CacheFailure}, why
     pg.restart_server(server)
     await _eventually(lambda: proxy.chat("after the outage"), "exact")  # stored, then served: reconnected
     assert (await proxy.chat("before the outage")).headers["x-semproxy-cache"] == "exact"  # and nothing was lost
@@ -206,6 +238,7 @@ _WRITER = textwrap.dedent("""
         vector = np.ones(8, np.float32) / np.sqrt(8)
         store.put(NewEntry(key=make_key("chat", body, tenant="t"), response=b"x" * 200_000, vector=vector,
                            ttl_seconds=0), now=1.0)
+        print("stored", i, flush=True)
         i += 1
 """)
 
@@ -217,7 +250,9 @@ def test_a_replica_killed_mid_write_leaves_no_half_written_entry(pg_url: str) ->
     for delay in (0.4, 0.7, 1.0):
         writer = subprocess.Popen([sys.executable, "-c", _WRITER, pg_url], stdout=subprocess.PIPE, env=env)
         assert writer.stdout is not None and writer.stdout.readline().strip() == b"ready"
-        time.sleep(delay)
+        for _ in range(2):  # it is writing: two entries are in already
+            assert writer.stdout.readline().startswith(b"stored ")
+        time.sleep(delay)  # then kill it at an arbitrary point of its writing
         writer.send_signal(signal.SIGKILL)
         writer.wait()
     with psycopg.connect(pg_url) as db:

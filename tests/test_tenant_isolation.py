@@ -18,12 +18,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
 from semproxy.compress.compressor import SpanSafeCompressor
 from semproxy.compress.service import CompressionPolicy, CompressionService
 from semproxy.config import Settings
+from semproxy.middleware.cache import CacheMiddleware
+from semproxy.middleware.timing_mask import LatencySamples
 from semproxy.storage.sqlite import SqliteStorage
 from tests.compress.test_spans_and_tokens import PROMPT as LONG_SYSTEM_PROMPT
 from tests.conftest import Proxy
@@ -143,12 +146,34 @@ async def test_mask_hit_timing_delays_hits_in_shared_namespaces_only(make_proxy,
         assert (await timed(f"question {i}", **shared))[0] == "miss"
     outcome, seconds = await timed("question 0", **shared)
     assert outcome == "exact" and seconds >= 0.14  # as slow as the misses it could be told from
-    assert (await timed("private question"))[0] == "miss"
-    outcome, seconds = await timed("private question")
-    assert outcome == "exact" and seconds < 0.1  # a tenant's own cache is not masked
+
+    # From here on misses are said to take an hour: a masked hit would not be answered within the test.
+    cache_layer(proxy.app).latencies = MissesTookAnHour()
+    with anyio.move_on_after(0.3) as waited:
+        await proxy.chat("question 1", headers=shared)
+    assert waited.cancelled_caught  # a shared hit now waits the hour
+    assert (await proxy.chat("private question")).headers["x-semproxy-cache"] == "miss"
+    with anyio.fail_after(60):
+        response = await proxy.chat("private question")
+    assert response.headers["x-semproxy-cache"] == "exact"  # a tenant's own cache is not masked
 
     unmasked = await make_proxy(settings=dataclasses.replace(settings, data_dir=settings.data_dir.parent / "u"))
+    cache_layer(unmasked.app).latencies = MissesTookAnHour()
     await unmasked.chat("question 0", headers=shared)
-    started = time.perf_counter()
-    assert (await unmasked.chat("question 0", headers=shared)).headers["x-semproxy-cache"] == "exact"
-    assert time.perf_counter() - started < 0.1  # the channel the setting closes
+    with anyio.fail_after(60):
+        response = await unmasked.chat("question 0", headers=shared)
+    assert response.headers["x-semproxy-cache"] == "exact"  # the channel the setting closes
+
+
+class MissesTookAnHour(LatencySamples):
+    """Latencies as the proxy learns them, except that every miss is said to have taken an hour."""
+
+    def draw(self, *, stream: bool) -> float:
+        return 3600.0
+
+
+def cache_layer(app: object) -> CacheMiddleware:
+    """The cache middleware inside the layers build_app stacks."""
+    while not isinstance(app, CacheMiddleware):
+        app = app.app  # type: ignore[attr-defined]
+    return app

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from semproxy.compress.compressor import SpanSafeCompressor
 from semproxy.compress.service import CompressionPolicy, CompressionService
-from semproxy.compress.spans import units
+from semproxy.compress.spans import Unit, units
 from semproxy.compress.tokens import count_tokens
 from semproxy.storage.sqlite import SqliteStorage
 from tests.compress.test_spans_and_tokens import MUST_SURVIVE, PROMPT
@@ -45,11 +46,23 @@ def test_random_prompts_never_lose_a_protected_span(seed: int) -> None:
 
 def test_a_scorer_that_drops_everything_falls_back_to_the_original() -> None:
     class DropAll:
-        def score(self, text: str, pieces: object, *, rate: float) -> list[float]:
-            return [0.0] * len(units(text))
+        """Every unit is worthless: at rate 0 nothing is kept, and the prompt has no protected span."""
 
-    text = "plain words only here " * 30
-    assert SpanSafeCompressor(DropAll()).compress(text, rate=0.0001).compressed.strip() != ""
+        calls = 0
+
+        def score(self, text: str, pieces: Sequence[Unit], *, rate: float) -> list[float]:
+            self.calls += 1
+            return [0.0] * len(pieces)
+
+    text = "\n  Please answer\tpolitely,  and briefly.\n\n" + "plain words here, " * 30 + "\n"
+    assert not [unit for unit in units(text) if unit.protected]  # else the output would keep them
+    scorer = DropAll()
+    result = SpanSafeCompressor(scorer).compress(text, rate=0.0)
+    assert scorer.calls == 1  # the scorer was asked, and its cut left nothing
+    assert result.compressed == result.original == text  # the prompt as it was, byte for byte
+    assert result.tokens == {"cl100k_base": (count_tokens(text, "gpt-4"),) * 2,
+                             "o200k_base": (count_tokens(text, "gpt-4o"),) * 2}
+    assert result.saved("cl100k_base") == result.saved("o200k_base") == 0
 
 
 def _service(tmp_path: Path, scorer: object, **policy: object) -> CompressionService:

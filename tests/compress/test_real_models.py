@@ -13,10 +13,10 @@ from semproxy.compress.models import DEFAULT_COMPRESSION_MODEL, resolve_compress
 from semproxy.compress.spans import units
 from semproxy.config import Settings
 from tests.compress.test_spans_and_tokens import MUST_SURVIVE, PROMPT
+from tests.data import eval_data
 from tests.fakes import tiny_llmlingua2_model
 
 pytestmark = pytest.mark.slow
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +52,9 @@ def test_llmlingua2_with_a_token_classification_model(settings: Settings, tmp_pa
 
 
 def _gsm8k_prompt() -> str:
-    path = DATA / "compression" / "gsm8k_cot_prompt_hardest.txt"
+    path = eval_data() / "compression" / "gsm8k_cot_prompt_hardest.txt"
     if not path.exists():
-        pytest.skip("the shared evaluation data is not next to the repository")
+        pytest.skip(f"no evaluation data at {path} (SEMPROXY_EVAL_DATA names the folder)")
     return path.read_text()
 
 

@@ -46,31 +46,48 @@ def _log(storage: Storage, **options: Any) -> RequestLog:
 
 def test_records_are_written_in_batches_off_the_caller(tmp_path: Path) -> None:
     seen: list[RequestRecord] = []
-    log = _log(SqliteStorage(tmp_path), listeners=[seen.append], flush_seconds=5.0)
-    started = time.perf_counter()
+    writers: set[str] = set()
+    stuck, gate = threading.Event(), threading.Event()
+
+    def stuck_counter() -> Any:
+        stuck.set()
+        gate.wait(30)  # the writer is busy for as long as the test says
+        return _counter()
+
+    def listener(record: RequestRecord) -> None:
+        writers.add(threading.current_thread().name)
+        seen.append(record)
+
+    log = RequestLog(SqliteStorage(tmp_path), prices=PriceTable(), count=stuck_counter, listeners=[listener],
+                     flush_seconds=5.0)
     for i in range(200):
         log.submit(_observed(1000.0 + i, "miss"))
-    assert time.perf_counter() - started < 0.5  # submitting is a queue put, whatever the writer does
+    assert stuck.wait(30)
+    # submitting is a queue put, whatever the writer does: all 200 went in while it could not take one
+    assert not gate.is_set() and log.written == 0 and log.dropped == 0 and seen == []
+    gate.set()
     assert log.flush()  # a flush does not wait for flush_seconds
     assert log.written == 200 and len(seen) == 200
+    assert writers == {"semproxy-stats"}  # records were made on the writer's thread, not the caller's
     with sqlite3.connect(tmp_path / "stats.sqlite3") as db:
         assert db.execute("SELECT count(*), sum(prompt_tokens) FROM requests").fetchone() == (200, 20000)
     log.close()
 
 
 def test_a_full_queue_drops_instead_of_blocking(tmp_path: Path) -> None:
-    gate = threading.Event()
+    stuck, gate = threading.Event(), threading.Event()
 
     def slow_counter() -> Any:
-        gate.wait(10)  # the writer is stuck opening: nothing leaves the queue
+        stuck.set()
+        gate.wait(30)  # the writer is stuck opening: nothing leaves the queue
         return _counter()
 
     log = RequestLog(SqliteStorage(tmp_path), prices=PriceTable(), count=slow_counter, max_pending=5)
-    started = time.perf_counter()
     for i in range(50):
         log.submit(_observed(float(i), "miss"))
-    assert time.perf_counter() - started < 0.5
-    assert log.dropped >= 44
+    assert stuck.wait(30)
+    # every submit returned while the writer was stuck: 5 queued, the other 45 dropped, none waited for room
+    assert not gate.is_set() and log.written == 0 and log.dropped == 45
     gate.set()
     assert log.flush()
     assert log.written == 50 - log.dropped
