@@ -9,6 +9,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -19,6 +20,8 @@ from semproxy.config import Settings
 from semproxy.storage import Storage
 from tests import pg
 from tests.fakes import FakeOpenAI, HashingEmbedder
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +70,13 @@ def settings(tmp_path: Path) -> Settings:
     # without it, and the verifier with the real embedder (tests/cache/test_verifier_proxy.py).
     return Settings(data_dir=tmp_path / "data", upstream="http://upstream.test/v1", similarity_threshold=0.8,
                     compression_enabled=False, verify_hits=False)
+
+
+def layer(app: object, kind: type[T]) -> T:
+    """The layer of this kind inside a stack build_app (or the middleware) made."""
+    while not isinstance(app, kind):
+        app = app.app  # type: ignore[attr-defined]
+    return app
 
 
 class Proxy:

@@ -29,9 +29,15 @@ class HashingEmbedder:
         self.max_chars = max_chars
         self.batches: list[int] = []  # the size of every batch it embedded, to observe micro-batching
         self.delay = 0.0  # seconds per call, to let concurrent requests queue up
+        self.hold = threading.Event()  # while clear, a forward pass waits (and sets `holding`)
+        self.hold.set()
+        self.holding = threading.Event()
 
     def embed(self, texts: Sequence[str]) -> Vector:
         self.batches.append(len(texts))
+        if not self.hold.is_set():
+            self.holding.set()
+            self.hold.wait(30)
         if self.delay:
             time.sleep(self.delay)
         return np.vstack([self._one(text) for text in texts])

@@ -11,7 +11,8 @@ import json
 import pytest
 
 from semproxy.config import Settings
-from tests.conftest import Proxy
+from semproxy.middleware.cache import CacheMiddleware
+from tests.conftest import Proxy, layer
 from tests.fakes import FakeOpenAI, HashingEmbedder
 
 pytestmark = pytest.mark.anyio
@@ -263,7 +264,8 @@ async def test_embeddings_are_cached_by_exact_match_only(proxy: Proxy, upstream:
 async def test_identical_concurrent_misses_reach_the_upstream_once(proxy: Proxy, upstream: FakeOpenAI) -> None:
     import anyio
 
-    upstream.delay = 0.2
+    upstream.release.clear()  # the first one's answer is held until the other seven wait for it
+    flights = layer(proxy.app, CacheMiddleware).flights
     responses = []
 
     async def ask() -> None:
@@ -272,6 +274,10 @@ async def test_identical_concurrent_misses_reach_the_upstream_once(proxy: Proxy,
     async with anyio.create_task_group() as group:
         for _ in range(8):
             group.start_soon(ask)
+        with anyio.fail_after(30):
+            while flights.waiting < 7:
+                await anyio.sleep(0.005)
+        upstream.release.set()
     assert len(upstream.completions()) == 1
     assert sorted(r.headers["x-semproxy-cache"] for r in responses) == ["exact"] * 7 + ["miss"]
     assert len({content(r) for r in responses}) == 1

@@ -29,7 +29,7 @@ from semproxy.middleware.cache import CacheMiddleware
 from semproxy.middleware.timing_mask import LatencySamples
 from semproxy.storage.sqlite import SqliteStorage
 from tests.compress.test_spans_and_tokens import PROMPT as LONG_SYSTEM_PROMPT
-from tests.conftest import Proxy
+from tests.conftest import Proxy, layer
 from tests.fakes import FakeOpenAI, FakeScorer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("offline_encodings")]
@@ -148,7 +148,7 @@ async def test_mask_hit_timing_delays_hits_in_shared_namespaces_only(make_proxy,
     assert outcome == "exact" and seconds >= 0.14  # as slow as the misses it could be told from
 
     # From here on misses are said to take an hour: a masked hit would not be answered within the test.
-    cache_layer(proxy.app).latencies = MissesTookAnHour()
+    layer(proxy.app, CacheMiddleware).latencies = MissesTookAnHour()
     with anyio.move_on_after(0.3) as waited:
         await proxy.chat("question 1", headers=shared)
     assert waited.cancelled_caught  # a shared hit now waits the hour
@@ -158,7 +158,7 @@ async def test_mask_hit_timing_delays_hits_in_shared_namespaces_only(make_proxy,
     assert response.headers["x-semproxy-cache"] == "exact"  # a tenant's own cache is not masked
 
     unmasked = await make_proxy(settings=dataclasses.replace(settings, data_dir=settings.data_dir.parent / "u"))
-    cache_layer(unmasked.app).latencies = MissesTookAnHour()
+    layer(unmasked.app, CacheMiddleware).latencies = MissesTookAnHour()
     await unmasked.chat("question 0", headers=shared)
     with anyio.fail_after(60):
         response = await unmasked.chat("question 0", headers=shared)
@@ -170,10 +170,3 @@ class MissesTookAnHour(LatencySamples):
 
     def draw(self, *, stream: bool) -> float:
         return 3600.0
-
-
-def cache_layer(app: object) -> CacheMiddleware:
-    """The cache middleware inside the layers build_app stacks."""
-    while not isinstance(app, CacheMiddleware):
-        app = app.app  # type: ignore[attr-defined]
-    return app

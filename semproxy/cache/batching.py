@@ -36,6 +36,11 @@ class BatchingEmbedder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="semproxy-embed")
 
+    @property
+    def pending(self) -> int:
+        """Texts waiting for the next forward pass."""
+        return 0 if self._queue is None else self._queue.qsize()
+
     async def embed(self, text: str) -> Vector | None:
         """The unit vector of `text`, or None if the model would have to truncate it."""
         vector, _ = await self._submit(text, None)

@@ -12,13 +12,18 @@ class SingleFlight:
 
     def __init__(self) -> None:
         self._flights: dict[str, asyncio.Event] = {}
+        self.waiting = 0  # callers waiting for a leader, all keys together
 
     @asynccontextmanager
     async def lead(self, key: str) -> AsyncIterator[bool]:
         """Yield True to the leader, who must do the work; others wait for it and get False."""
         flight = self._flights.get(key)
         if flight is not None:
-            await flight.wait()
+            self.waiting += 1
+            try:
+                await flight.wait()
+            finally:
+                self.waiting -= 1
             yield False
             return
         flight = self._flights[key] = asyncio.Event()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
 import pytest
 
@@ -51,18 +53,28 @@ async def test_batches_form_under_load_and_lone_requests_go_at_once() -> None:
     batching = BatchingEmbedder(embedder, max_batch=8)
     assert (await batching.embed("alone")) is not None
     assert embedder.batches == [1]
-    embedder.delay = 0.05
+    embedder.hold.clear()  # the next forward pass waits until the other texts have queued behind it
     results: dict[int, object] = {}
 
     async def one(i: int) -> None:
         results[i] = await batching.embed(f"text {i}")
 
     async with anyio.create_task_group() as group:
-        for i in range(20):
+        group.start_soon(one, 0)
+        await _until(embedder.holding.is_set)  # its forward pass runs (held) ...
+        for i in range(1, 20):
             group.start_soon(one, i)
-    assert sum(embedder.batches[1:]) == 20 and max(embedder.batches) == 8
+        await _until(lambda: batching.pending == 19)  # ... while the others queue
+        embedder.hold.set()
+    assert embedder.batches[1:] == [1, 8, 8, 3]  # a lone pass, then whatever waited, max_batch at a time
     assert (await batching.embed("x" * 21)) is None  # too long to embed whole
     await batching.aclose()
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(30):
+        while not condition():
+            await anyio.sleep(0.005)
 
 
 @pytest.mark.anyio
