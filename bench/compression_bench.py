@@ -33,7 +33,8 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.proxy_bench import _free_port, _process  # noqa: E402
+from bench.common import free_port as _free_port  # noqa: E402
+from bench.common import process as _process  # noqa: E402
 from semproxy.app import load_compressor  # noqa: E402
 from semproxy.compress.compressor import Compressor, protected_spans_intact  # noqa: E402
 from semproxy.compress.spans import units  # noqa: E402

@@ -44,7 +44,8 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.proxy_bench import _free_port, _process  # noqa: E402
+from bench.common import free_port as _free_port  # noqa: E402
+from bench.common import process as _process  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "routing_bench.json"
 ENV = {"HF_HUB_OFFLINE": "1", "SEMPROXY_LOG_LEVEL": "warning", "SEMPROXY_CACHE_ENABLED": "false",

@@ -29,7 +29,9 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.proxy_bench import _chat, _free_port, _process, _summary  # noqa: E402
+from bench.common import free_port as _free_port  # noqa: E402
+from bench.common import process as _process  # noqa: E402
+from bench.proxy_bench import _chat, _summary  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "stats_overhead.json"
 
