@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -51,6 +52,20 @@ def git(*args: str, repo: Path = REPO) -> str:
         raise OutcomeError(f"git {' '.join(args)} failed ({detail.strip()}): a result without a commit "
                            "is not a result; run the benchmarks from a git checkout") from exc
     return done.stdout.strip()
+
+
+@contextlib.contextmanager
+def checkout(ref: str) -> Iterator[tuple[Path, str]]:
+    """(tree, commit): git commit `ref` checked out into a temporary git worktree, removed when the block ends."""
+    commit = git("rev-parse", "--verify", f"{ref}^{{commit}}")
+    folder = Path(tempfile.mkdtemp(prefix="semproxy-baseline-"))
+    tree = folder / "tree"
+    git("worktree", "add", "--detach", "--quiet", str(tree), commit)
+    try:
+        yield tree, commit
+    finally:
+        git("worktree", "remove", "--force", str(tree))
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def provenance() -> dict[str, Any]:

@@ -43,14 +43,13 @@ import gzip
 import json
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +57,16 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.common import Checks, fake_upstream, free_port, git, provenance, run_main, serve, write_results  # noqa: E402
+from bench.common import (  # noqa: E402
+    Checks,
+    checkout,
+    fake_upstream,
+    free_port,
+    provenance,
+    run_main,
+    serve,
+    write_results,
+)
 from bench.rewordings import QUESTIONS, semantic_requests  # noqa: E402
 from bench.rivals import litellm_proxy  # noqa: E402
 
@@ -302,24 +310,10 @@ class Baseline:
 
 def _start_baseline(stack: contextlib.ExitStack, ref: str, folder: Path, upstream: str,
                     client: httpx.Client) -> Baseline:
-    commit = git("rev-parse", "--verify", f"{ref}^{{commit}}")
-    tree = stack.enter_context(_worktree(commit))
+    tree, commit = stack.enter_context(checkout(ref))
     port = free_port()
     stack.enter_context(serve(port, folder / "baseline", "--upstream", upstream, env=ENV, source=tree))
     return Baseline(ref, commit, Proxy(client, f"http://127.0.0.1:{port}/v1"))
-
-
-@contextlib.contextmanager
-def _worktree(commit: str) -> Iterator[Path]:
-    """`commit` checked out into a temporary git worktree, removed when the block ends."""
-    folder = Path(tempfile.mkdtemp(prefix="semproxy-baseline-"))
-    tree = folder / "tree"
-    git("worktree", "add", "--detach", "--quiet", str(tree), commit)
-    try:
-        yield tree
-    finally:
-        git("worktree", "remove", "--force", str(tree))
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _compare(latency: dict[str, Any], ref: str, commit: str) -> dict[str, Any]:

@@ -11,7 +11,8 @@ that differs:
     multi_alias     the same; the model is an alias (the body is parsed and re-serialized)
 
 All three upstream tables point at the same fake, so only semproxy's own work is measured. With
-`--baseline REF`, a fifth scenario runs semproxy as it was at git commit REF (single-upstream form), to show
+`--baseline REF`, a fifth scenario runs semproxy as it was at git commit REF (checked out into a temporary
+git worktree, removed afterwards), in its single-upstream form, to show
 what the routing layer costs the simple case:
 
     baseline        semproxy at REF, --upstream URL
@@ -49,7 +50,16 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.common import Checks, fake_upstream, free_port, git, provenance, run_main, serve, write_results  # noqa: E402
+from bench.common import (  # noqa: E402
+    Checks,
+    checkout,
+    fake_upstream,
+    free_port,
+    provenance,
+    run_main,
+    serve,
+    write_results,
+)
 
 RESULTS = REPO / "bench" / "results" / "routing_bench.json"
 ENV = {"HF_HUB_OFFLINE": "1", "SEMPROXY_LOG_LEVEL": "warning", "SEMPROXY_CACHE_ENABLED": "false",
@@ -89,7 +99,7 @@ def run(args: argparse.Namespace, checks: Checks) -> dict[str, Any]:
         stack.enter_context(serve(ports["multi"], folder + "/multi", "--config", str(config), env=ENV))
         client = stack.enter_context(httpx.Client(timeout=30))
         scenarios = _scenarios(client, upstream, base["single"] + "/v1", base["multi"] + "/v1")
-        source = _export(args.baseline, folder) if args.baseline else None
+        source, commit = stack.enter_context(checkout(args.baseline)) if args.baseline else (None, None)
         if source is not None:
             baseline = _baseline(stack, source, folder, upstream)
             scenarios["baseline"] = _poster(client, baseline, "mistral-small-latest", None)
@@ -120,8 +130,7 @@ def run(args: argparse.Namespace, checks: Checks) -> dict[str, Any]:
         "p50_ratio_to_single": {name: round(row["p50_ms"] / single, 3) for name, row in latency.items()},
         "p50_minus_single_ms": {name: round(row["p50_ms"] - single, 3) for name, row in latency.items()},
         "in_process": in_process,
-        **({"baseline": {"ref": args.baseline, "commit": git("rev-parse", f"{args.baseline}^{{commit}}")}}
-           if args.baseline else {}),
+        **({"baseline": {"ref": args.baseline, "commit": commit}} if args.baseline else {}),
     }
 
 
@@ -197,15 +206,6 @@ def inprocess(args: argparse.Namespace, config: Path, baseline: Path | None) -> 
     medians = {name: round(statistics.median(values), 2) for name, values in rounds.items()}
     return {"us_per_request": medians, "rounds": rounds,
             "minus_single_us": {name: round(us - medians["single"], 2) for name, us in medians.items()}}
-
-
-def _export(ref: str, folder: str) -> Path:
-    """The tree of git commit `ref`, exported into `folder`."""
-    source = Path(folder) / "baseline"
-    source.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
-    return source
 
 
 def _baseline(stack: contextlib.ExitStack, source: Path, folder: str, upstream: str) -> str:
