@@ -10,9 +10,13 @@ Reproduces ``semproxy/cache/data/verifier_model.npz`` and ``semproxy/cache/data/
    negative pairs that would be served (cosine >= floor, no rule, score >= threshold). The curve keeps
    the worst dataset at each threshold, so a budget holds on every calibration dataset, PAWS included.
 
-The held-out split is never read here. Run from the repository root (about two minutes on 2 cores)::
+The held-out split is never read here. It prints the commit it runs at (package data records none: the
+commit that adds the files names it), and checks before writing that every dataset has train and calibrate
+pairs and that the exported trees score as scikit-learn does; otherwise FAIL, exit status 1, nothing
+written. Run from the repository root (about two minutes on 2 cores)::
 
     .venv/bin/python bench/calibrate_verifier.py
+    .venv/bin/python bench/calibrate_verifier.py --limit 2000 --out /tmp/verifier   # a smoke run elsewhere
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ import numpy as np
 import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import verifier_data as vd
 
+from bench.common import Checks, provenance, run_main
 from semproxy.cache.pair_model import IDF_FILE, MODEL_FILE, PairModel, WordRarity, pair_vector
 from semproxy.cache.rules import rule_rejection
 from semproxy.cache.text import analyze
@@ -108,6 +114,9 @@ def fit_model(datasets: list[vd.Dataset], rarity: WordRarity) -> PairModel:
     model = export_trees(boosted)
     agreement = np.abs(model.score(x) - boosted.predict_proba(x)[:, 1]).max()
     log(f"numpy trees agree with scikit-learn within {agreement:.1e}")
+    checks = Checks()
+    checks.expect(agreement < 1e-6, f"the exported trees score up to {agreement:.1e} away from scikit-learn")
+    checks.raise_if_failed()  # a model that is not the one fitted must not ship
     return model
 
 
@@ -154,23 +163,32 @@ def calibration_curve(model: PairModel, datasets: list[vd.Dataset], rarity: Word
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args()
-    datasets = vd.load_all()
+    parser.add_argument("--limit", type=int, help="read only the first N pairs of each dataset (a smoke run)")
+    parser.add_argument("--out", type=Path, default=DATA_OUT, help="where to write (default: the package data)")
+    args = parser.parse_args()
+    origin = provenance()
+    log(f"at commit {origin['commit']}{' with uncommitted changes' if origin['dirty'] else ''}")
+    datasets = vd.load_all(args.limit)
+    checks = Checks()
+    for d in datasets:
+        checks.expect(len(d.rows("train")) > 0 and len(d.rows("calibrate")) > 0,
+                      f"{d.name}: {len(d.rows('train'))} train and {len(d.rows('calibrate'))} calibrate pairs")
+    checks.raise_if_failed()
     rarity = fit_rarity(datasets)
     model = fit_model(datasets, rarity)
     grid, worst, per_dataset = calibration_curve(model, datasets, rarity)
     model = model.with_curve(grid, worst)
-    DATA_OUT.mkdir(parents=True, exist_ok=True)
-    model.save(DATA_OUT / MODEL_FILE)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save(args.out / MODEL_FILE)
     payload = json.dumps({"idf": rarity.idf, "unknown": rarity.unknown}, sort_keys=True, separators=(",", ":"))
-    (DATA_OUT / IDF_FILE).write_bytes(gzip.compress(payload.encode(), mtime=0))
+    (args.out / IDF_FILE).write_bytes(gzip.compress(payload.encode(), mtime=0))
     for budget in (0.005, 0.01, 0.02, 0.05, 0.10):
         threshold = model.threshold_for(budget)
         index = int(np.searchsorted(grid, threshold))
         rates = ", ".join(f"{name} {values[index]:.3%}" for name, values in per_dataset.items())
         log(f"budget {budget:.1%}: score >= {threshold:.6f} (calibration false hits: {rates})")
-    log(f"wrote {MODEL_FILE} and {IDF_FILE} to {DATA_OUT.relative_to(Path.cwd())}")
+    log(f"wrote {MODEL_FILE} and {IDF_FILE} to {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -10,7 +10,14 @@
 3. Added latency: two semproxy processes side by side, compression on (prompt already compressed) and off,
    the same request interleaved (Cache-Control: no-store so the cache does not answer).
 
+Checked before anything is written: every protected span intact and the compressed text shorter (GSM8K
+at each rate; the awesome prompts taken together, since a prompt whose cut lost a protected span is sent
+as it was, which `prompts_shortened` counts), every GSM8K request still holding every number, and in the
+latency test every answer a 200, each from the compressing proxy saying it saved tokens and none from the
+other. A run that fails a check prints FAIL, exits with status 1 and leaves the results file as it was.
+
     .venv/bin/python bench/compression_bench.py          # about 10 minutes on 2 cores
+    .venv/bin/python bench/compression_bench.py --quick  # a smoke run: 5 awesome prompts, 30 requests a side
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +41,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.proxy_bench import _free_port, _process  # noqa: E402
+from bench.common import Checks, fake_upstream, free_port, provenance, run_main, serve, write_results  # noqa: E402
 from semproxy.app import load_compressor  # noqa: E402
 from semproxy.compress.compressor import Compressor, protected_spans_intact  # noqa: E402
 from semproxy.compress.spans import units  # noqa: E402
@@ -51,7 +59,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=300, help="requests per side for the latency test")
     parser.add_argument("--max-prompts", type=int, default=60, help="awesome-chatgpt-prompts to compress")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 5 awesome prompts, 30 requests a side")
     args = parser.parse_args()
+    if args.quick:
+        args.requests, args.max_prompts = 30, 5
+    origin = provenance()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings = Settings(data_dir=WORK)
     compressor = load_compressor(settings)
@@ -65,9 +77,32 @@ def main() -> None:
     report["faithfulness"] = _faithfulness(gsm8k, compressed)
     report["llmlingua_itself"] = _llmlingua_itself(compressor, gsm8k, settings.compression_rate)
     report["latency"] = _latency(settings, gsm8k, args.requests)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
+    checks = _check(report)
+    checks.raise_if_failed()
+    write_results(RESULTS, {**report, "checks": checks.record()}, origin)
+
+
+def _check(report: dict[str, Any]) -> Checks:
+    checks = Checks()
+    measured = {"gsm8k": report["gsm8k"], **{f"gsm8k at rate {r}": m for r, m in report["gsm8k_rates"].items()}}
+    for name, row in measured.items():
+        checks.expect(row["protected_spans_intact"], f"{name}: a protected span was changed or dropped")
+        checks.expect(row["compressed_tokens"] < row["tokens"],
+                      f"{name}: {row['tokens']} tokens became {row['compressed_tokens']}, expected fewer")
+    awesome = report["awesome_prompts"]
+    checks.expect(0 < awesome["prompts_with_spans_intact"] == awesome["measured"],
+                  f"awesome prompts: spans intact in {awesome['prompts_with_spans_intact']} of {awesome['measured']}")
+    # A prompt whose cut lost a protected span is sent as it was (fail-safe): a figure, not a failure.
+    checks.expect(awesome["compressed_tokens"] < awesome["tokens"],
+                  f"awesome prompts: {awesome['tokens']} tokens became {awesome['compressed_tokens']}, expected fewer")
+    faithful = report["faithfulness"]
+    checks.expect(0 < faithful["requests_with_every_number"] == faithful["questions"],
+                  f"GSM8K: {faithful['requests_with_every_number']} of {faithful['questions']} requests hold "
+                  "every number, expected all")
+    for side, outcomes in report["latency"]["outcomes"].items():
+        checks.expect_share(f"latency, {side}", outcomes, "compressed" if side == "compression_on" else "as sent")
+    return checks
 
 
 def _measure(compressor: Compressor, text: str, rate: float) -> dict[str, Any]:
@@ -93,6 +128,8 @@ def _awesome(compressor: Compressor, rate: float, limit: int) -> dict[str, Any]:
     kept = sum(r["compressed_tokens"] for r in rows)
     seconds = sum(r["seconds"] for r in rows)
     return {"prompts_over_200_tokens": len(eligible), "measured": len(rows),
+            "prompts_with_spans_intact": sum(r["protected_spans_intact"] for r in rows),
+            "prompts_shortened": sum(r["compressed_tokens"] < r["tokens"] for r in rows),
             "tokens": original, "compressed_tokens": kept, "ratio": round(original / kept, 2),
             "ratio_median": round(statistics.median(r["ratio"] for r in rows), 2),
             "seconds_per_1000_tokens": round(1000 * seconds / original, 2),
@@ -134,34 +171,41 @@ def _llmlingua_itself(compressor: Compressor, prompt: str, rate: float) -> dict[
 
 
 def _latency(settings: Settings, prompt: str, requests: int) -> dict[str, Any]:
-    upstream_port, on_port, off_port = _free_port(), _free_port(), _free_port()
+    upstream_port, on_port, off_port = free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{upstream_port}/v1"
     model = str(settings.data_dir / "models" / settings.compression_model)  # converted already, above
     env = {"HF_HUB_OFFLINE": "1", "SEMPROXY_LOG_LEVEL": "warning", "SEMPROXY_SEMANTIC_ENABLED": "false"}
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_process([sys.executable, str(REPO / "bench" / "fake_upstream.py"), "--port",
-                                      str(upstream_port)], upstream + "/models"))
+        stack.enter_context(fake_upstream(upstream_port))
         for port, enabled in ((on_port, "true"), (off_port, "false")):
             data = stack.enter_context(tempfile.TemporaryDirectory())
-            stack.enter_context(_process(
-                [sys.executable, "-m", "semproxy", "serve", "--port", str(port), "--upstream", upstream,
-                 "--data-dir", data], f"http://127.0.0.1:{port}/healthz",
-                env={**env, "SEMPROXY_COMPRESSION_ENABLED": enabled, "SEMPROXY_COMPRESSION_MODEL": model}))
+            stack.enter_context(serve(port, data, "--upstream", upstream, env={
+                **env, "SEMPROXY_COMPRESSION_ENABLED": enabled, "SEMPROXY_COMPRESSION_MODEL": model}))
         client = stack.enter_context(httpx.Client(timeout=120))
         body = {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": prompt},
                                                      {"role": "user", "content": "What is 2 + 2?"}]}
         on, off = f"http://127.0.0.1:{on_port}/v1", f"http://127.0.0.1:{off_port}/v1"
         _wait_until_compressed(client, on, body)
         timings: dict[str, list[float]] = {"compression_on": [], "compression_off": []}
+        outcomes: dict[str, Counter[str]] = {name: Counter() for name in timings}
         for _ in range(requests):
             for name, base in (("compression_on", on), ("compression_off", off)):
                 time.sleep(0.01)
                 started = time.perf_counter()
-                client.post(base + "/chat/completions", json=body, headers={"cache-control": "no-store"})
+                response = client.post(base + "/chat/completions", json=body, headers={"cache-control": "no-store"})
                 timings[name].append((time.perf_counter() - started) * 1000)
+                outcomes[name][_outcome(response)] += 1
     p50 = {name: round(statistics.median(values), 3) for name, values in timings.items()}
     return {"p50_ms": p50, "added_p50_ms": round(p50["compression_on"] - p50["compression_off"], 3),
-            "requests_per_side": requests}
+            "requests_per_side": requests, "outcomes": {name: dict(seen) for name, seen in outcomes.items()}}
+
+
+def _outcome(response: httpx.Response) -> str:
+    """What one request saw: "compressed" or "as sent" (a 200 whose prompt semproxy did or did not shorten)."""
+    if response.status_code != 200:
+        return f"http {response.status_code}"
+    saved = int(response.headers.get("x-semproxy-prompt-tokens-saved", "0"))
+    return "compressed" if saved > 0 else "as sent"
 
 
 def _wait_until_compressed(client: httpx.Client, base: str, body: dict[str, Any]) -> None:
@@ -175,4 +219,4 @@ def _wait_until_compressed(client: httpx.Client, base: str, body: dict[str, Any]
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -6,7 +6,13 @@ each answer a client received in full must still be served, as an exact hit, byt
 Requests in flight at the kill may be missing, but never half there. The real embedding model runs, so
 every entry carries a vector.
 
+What it promises is checked: every check of the data dir passed, no acknowledged answer lost or changed, no
+wrong answer while the proxy ran. A broken promise is the finding: the results are written (with the
+checks), then the run prints FAIL and exits with status 1. A run that did not kill as often as asked, or in
+which no traffic was acknowledged, measured nothing and writes nothing.
+
     .venv/bin/python bench/crash_bench.py --kills 20      # writes bench/results/crash_bench.json
+    .venv/bin/python bench/crash_bench.py --quick         # a smoke run: 3 kills
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from bench.common import Checks, provenance, pythonpath, run_main, write_results  # noqa: E402
 from tests.fakes import FakeOpenAI  # noqa: E402
 from tests.servers import ThreadServer, semproxy_process  # noqa: E402
 
@@ -129,8 +136,8 @@ def verify(url: str, acknowledged: dict[tuple[str, str], str], in_flight: set[tu
 
 def cache_check(data_dir: Path) -> dict[str, Any]:
     result = subprocess.run([sys.executable, "-m", "semproxy", "cache", "check", "--json", "--data-dir",
-                             str(data_dir)], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
+                             str(data_dir)], capture_output=True, text=True, timeout=300, cwd=REPO,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath(REPO)})
     report: dict[str, Any] = json.loads(result.stdout)
     report["exit_code"] = result.returncode
     return report
@@ -141,13 +148,17 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--workers", type=int, default=6)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 3 kills")
     args = parser.parse_args()
+    if args.quick:
+        args.kills = 3
+    origin = provenance()
     rng = random.Random(args.seed)
     upstream = FakeOpenAI()
     upstream.chunk_delay = 0.002
     acknowledged: dict[tuple[str, str], str] = {}
     rounds: list[dict[str, Any]] = []
-    env = {"SEMPROXY_LOG_LEVEL": "error", "PYTHONPATH": str(REPO)}
+    env = {"SEMPROXY_LOG_LEVEL": "error", "PYTHONPATH": pythonpath(REPO)}
     with tempfile.TemporaryDirectory() as tmp, ThreadServer(upstream, lifespan="off") as server:
         data_dir = Path(tmp) / "data"
         in_flight: set[tuple[str, str]] = set()
@@ -190,8 +201,23 @@ def main() -> None:
         "rounds": rounds,
     }
     print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2))
-    (REPO / "bench" / "results" / "crash_bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    scenario = Checks()  # did the run crash the proxy under traffic as often as it claims?
+    scenario.expect(result["kills"] == args.kills, f"kills: {result['kills']} of {args.kills} asked for")
+    scenario.expect(result["acknowledged_entries"] > 0, "no answer was acknowledged: there was nothing to lose")
+    scenario.raise_if_failed()
+    findings = _findings(result)
+    write_results(REPO / "bench" / "results" / "crash_bench.json", {**result, "checks": findings.record()}, origin)
+    findings.raise_if_failed()
+
+
+def _findings(result: dict[str, Any]) -> Checks:
+    checks = Checks()
+    checks.expect(result["checks_passed"] == result["kills"],
+                  f"`semproxy cache check` passed after {result['checks_passed']} of {result['kills']} kills")
+    for name in ("entries_lost", "answers_wrong", "failures_while_running"):
+        checks.expect(result[name] == 0, f"{name.replace('_', ' ')}: {result[name]}, expected 0")
+    return checks
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

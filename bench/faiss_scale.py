@@ -28,8 +28,14 @@ Run:
     .venv/bin/python bench/faiss_scale.py            # N = 1,000,000: about 25 min on 2 shared cores
     .venv/bin/python bench/faiss_scale.py --quick    # N = 100,000: about 3 min
 The first run embeds about 89k texts (tens of minutes on 2 cores; resumable, see --embed-threads).
-Results go to bench/results/faiss_scale.json (faiss_scale_quick.json with --quick) and a table
-is printed. The data folder is ../shared/data relative to the repository, or $SEMPROXY_EVAL_DATA.
+Results go to bench/results/faiss_scale.json (faiss_scale_quick.json with --quick), with the commit
+they were measured at, and a table is printed. The data folder is ../shared/data relative to the
+repository, or $SEMPROXY_EVAL_DATA. `--corpus-limit N` embeds only the first N corpus texts (a smoke
+run without the embedding cache: `--quick --corpus-limit 5000 --skip hnsw`, about a minute).
+
+Each index is checked as it is recorded (and the file rewritten only then): a skipped HNSW build says why,
+every other index has search settings measured with recalls in (0, 1], and the exact index finds its own
+ground truth. A check that fails prints FAIL and exits with status 1 before that index reaches the file.
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ from typing import Any
 import faiss
 import numpy as np
 from numpy.typing import NDArray
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import Checks, provenance, run_main, write_results
 
 DIM = 384
 K = 4
@@ -151,9 +160,9 @@ def embed_texts(texts: Sequence[str], parts_prefix: Path, torch_threads: int) ->
     return out, seconds
 
 
-def load_real_embeddings(root: Path, torch_threads: int) -> tuple[F32, dict[str, Any]]:
-    """Real embeddings of the corpus, cached in bench/.cache/ keyed by a hash of the texts."""
-    texts = load_corpus(root)
+def load_real_embeddings(root: Path, torch_threads: int, limit: int | None = None) -> tuple[F32, dict[str, Any]]:
+    """Real embeddings of the corpus (its first `limit` texts), cached in bench/.cache/ keyed by a hash of the texts."""
+    texts = load_corpus(root)[:limit]
     key = hashlib.sha1("\n".join(texts).encode("utf-8")).hexdigest()[:12]
     npy = CACHE_DIR / f"real_embeddings_{key}.npy"
     info_path = npy.with_suffix(".json")
@@ -793,11 +802,18 @@ def removal_summary(removal: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def write_json(path: Path, report: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(path)
+def check_index(checks: Checks, res: IndexResult) -> None:
+    """A measured index answered its queries with a recall that exists; the exact one is exact."""
+    if res.skipped:
+        checks.expect(res.family == "hnsw", f"{res.name}: skipped ({res.skipped})")  # only HNSW has a budget
+        return
+    checks.expect(bool(res.sweep), f"{res.name}: no search setting measured")
+    for p in res.sweep:
+        checks.expect(0 < p.recall_at_4 <= 1 and 0 <= p.recall_at_1 <= 1 and bool(p.latency_by_threads),
+                      f"{res.name} {p.param}={p.value}: recall@1 {p.recall_at_1}, recall@4 {p.recall_at_4}, "
+                      f"latency {p.latency_by_threads}")
+    if res.family == "flat":
+        checks.expect(all(p.recall_at_4 == 1.0 for p in res.sweep), f"{res.name}: missed its own ground truth")
 
 
 # --------------------------------------------------------------------------- main
@@ -840,6 +856,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--skip", default="", help="comma-separated families to skip: hnsw,ivf")
     p.add_argument("--out", type=Path, default=None, help="JSON output path")
+    p.add_argument("--corpus-limit", type=int, default=None, help="embed only the first N corpus texts")
     args = p.parse_args(argv)
     if args.quick:
         args.n = QUICK_N
@@ -883,8 +900,9 @@ def build_meta(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    origin = provenance()
     default_threads = faiss.omp_get_max_threads()
-    real, embed_info = load_real_embeddings(data_dir(), args.embed_threads)
+    real, embed_info = load_real_embeddings(data_dir(), args.embed_threads, args.corpus_limit)
     data = build_dataset(real, args.n, args.queries, N_EXTRA, np.random.default_rng(SEED))
     del real
     log(f"dataset: {data.meta}")
@@ -893,12 +911,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ctx = Context(data, truth, thread_settings, default_threads, args.flat_latency_queries, args.hnsw_budget_s)
     report: dict[str, Any] = {"meta": build_meta(args, data, embed_info, truth)}
     results: list[IndexResult] = []
+    checks = Checks()
 
     def record(res: IndexResult) -> None:
+        check_index(checks, res)
+        checks.raise_if_failed()  # figures that failed their check never reach the file, not even in part
         results.append(res)
         report["results"] = [asdict(r) for r in results]
         report["recommendation"] = recommend(results)
-        write_json(args.out, report)
+        write_results(args.out, {**report, "checks": checks.record()}, origin)
         release_memory()
 
     record(bench_flat(flat, flat_add_s, flat_rss0, ctx))
@@ -922,4 +943,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -8,6 +8,11 @@ QQP and ShareGPT texts plus noise; held-out queries).
 
     .venv/bin/python bench/index_scale.py            # 1M entries, a few minutes (embeddings cached by faiss_scale.py)
     .venv/bin/python bench/index_scale.py --n 100000
+    .venv/bin/python bench/index_scale.py --quick      # a smoke run: 30,000 entries, 5,000 corpus texts
+
+Checked before anything is written: the scope was rebuilt as IVF, every query returned its 4 neighbours,
+and both recalls exist (in (0, 1]). A run that fails a check prints FAIL, exits with status 1 and writes
+nothing.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.common import Checks, provenance, run_main, write_results  # noqa: E402
 from bench.faiss_scale import build_dataset, data_dir, load_real_embeddings  # noqa: E402
 from semproxy.cache.index import FaissIndex  # noqa: E402
 
@@ -34,8 +41,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--corpus-limit", type=int, default=None, help="embed only the first N corpus texts")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 30,000 entries, 5,000 corpus texts")
     args = parser.parse_args()
-    real, _ = load_real_embeddings(data_dir(), torch_threads=1)
+    if args.quick:
+        args.n, args.queries, args.corpus_limit = 30_000, 200, 5000
+    origin = provenance()
+    real, _ = load_real_embeddings(data_dir(), torch_threads=1, limit=args.corpus_limit)
     data = build_dataset(real, args.n, args.queries, 1000, np.random.default_rng(20240601))
     index = FaissIndex(real.shape[1])
     started = time.perf_counter()
@@ -54,11 +66,23 @@ def main() -> None:
                       "p99": round(sorted(latencies)[int(0.99 * (len(latencies) - 1))], 3)},
         "recall_at_1": round(float(np.mean(found[:, 0] == truth[:, 0])), 4),
         "recall_at_4": round(float(np.mean([len(set(f) & set(t)) / 4 for f, t in zip(found, truth, strict=True)])), 4),
+        "answered": int((found >= 0).all(axis=1).sum()),
         "remove_1000_ms": _remove_timing(index, data.ids),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "dataset"}, indent=2))
+    checks = _check(report)
+    checks.raise_if_failed()
+    write_results(RESULTS, {**report, "checks": checks.record()}, origin)
+
+
+def _check(report: dict[str, Any]) -> Checks:
+    checks = Checks()
+    checks.expect("IVF" in report["index"]["type"], f"index: {report['index']}, expected the scope rebuilt as IVF")
+    checks.expect(report["answered"] == report["queries"],
+                  f"queries: {report['answered']} of {report['queries']} returned 4 neighbours")
+    for name in ("recall_at_1", "recall_at_4"):
+        checks.expect(0 < report[name] <= 1, f"{name}: {report[name]}, expected in (0, 1]")
+    return checks
 
 
 def _exact_top4(xb: np.ndarray, ids: np.ndarray, xq: np.ndarray) -> np.ndarray:
@@ -81,7 +105,8 @@ def _search_all(index: FaissIndex, xq: np.ndarray) -> tuple[np.ndarray, list[flo
 
 def _describe(index: FaissIndex) -> dict[str, object]:
     inner = index._scopes["scope"]  # reading its parameters only
-    return {"type": type(inner).__name__, "nlist": int(inner.nlist), "nprobe": int(inner.nprobe)}
+    ivf = {"nlist": int(inner.nlist), "nprobe": int(inner.nprobe)} if hasattr(inner, "nlist") else {}
+    return {"type": type(inner).__name__, **ivf}
 
 
 def _remove_timing(index: FaissIndex, ids: np.ndarray) -> float:
@@ -92,4 +117,4 @@ def _remove_timing(index: FaissIndex, ids: np.ndarray) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

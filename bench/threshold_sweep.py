@@ -26,7 +26,11 @@ Run from the repository root::
 
 The data folder defaults to ``../shared/data`` next to the repository; set ``SEMPROXY_EVAL_DATA``
 to use another one. Embeddings are cached as float16 ``.npy`` files in ``bench/.cache/``; results
-go to stdout and to ``bench/results/threshold_sweep.json``.
+go to stdout and to ``bench/results/threshold_sweep.json``, with the commit they were measured at.
+
+Checked before anything is written: every dataset has positive and negative pairs, and a full run (no
+``--limit``) read exactly the pairs of ``EXPECTED_PAIRS`` (a changed data file or loader would change every
+figure). A run that fails a check prints FAIL, exits with status 1 and writes nothing.
 """
 
 import argparse
@@ -48,6 +52,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import Checks, provenance, run_main, write_results
+
 # The embedder is bundled on disk; never reach out to the Hugging Face Hub. sentence_transformers
 # is imported lazily in load_model(), i.e. after this line.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -62,6 +69,9 @@ THRESHOLDS: tuple[float, ...] = (
 )  # fmt: skip
 FALSE_HIT_TARGETS: tuple[float, ...] = (0.01, 0.02, 0.05)
 FINE_GRID_STEP = 0.001
+
+# Pairs each loader reads from the shared data files in full (a full run must find exactly these).
+EXPECTED_PAIRS = {"qqp": 40622, "paws_wiki": 8000, "stsb": 4284, "gptcache_mock": 1998}
 
 STSB_POSITIVE_MIN = 4.0
 STSB_NEGATIVE_MAX = 2.0
@@ -472,11 +482,19 @@ def report_json(
     }
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+def check_sizes(results: list[DatasetResult], limit: int | None) -> Checks:
+    """Every dataset has both kinds of pair; a full run read exactly the expected pairs."""
+    checks = Checks()
+    for result in results:
+        pairs = result.pairs
+        checks.expect(pairs.positives > 0 and pairs.negatives > 0,
+                      f"{pairs.name}: {pairs.positives} positive and {pairs.negatives} negative pairs")
+        if limit is None:
+            expected = EXPECTED_PAIRS.get(pairs.name)
+            checks.expect(len(pairs.labels) == expected,
+                          f"{pairs.name}: {len(pairs.labels)} pairs, expected {expected}")
+    checks.expect({r.pairs.name for r in results} == set(EXPECTED_PAIRS), "datasets: not the expected four")
+    return checks
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -506,6 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"no semantic_cache/ under the data folder; set {DATA_DIR_ENV} to the shared data folder")
         return 2
 
+    origin = provenance()
     started = time.perf_counter()
     model_loader = ModelLoader()
     results: list[DatasetResult] = []
@@ -522,15 +541,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Threshold sweep, {MODEL_NAME}, hit = cosine >= threshold\n")
     print("\n\n".join(format_table(r) for r in results))
     print(f"\nRun time {seconds['total']:.0f} s.")
-    write_json(args.output, report_json(results, args, seconds, from_cache))
-    log(f"wrote {display_path(args.output)}")
+    checks = check_sizes(results, args.limit)
+    checks.raise_if_failed()
+    write_results(args.output, {**report_json(results, args, seconds, from_cache), "checks": checks.record()}, origin)
     return 0
 
 
-def display_path(path: Path) -> str:
-    resolved = path.resolve()
-    return str(resolved.relative_to(REPO_ROOT)) if resolved.is_relative_to(REPO_ROOT) else str(path)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -25,9 +25,15 @@ label anywhere in the file, and lists the hit categories.
 
 It also times the verifier against one embedding forward pass, interleaved, medians and ratio.
 
+Checked before anything is written: every dataset has held-out pairs of both kinds (and, in a full run,
+exactly the pairs the loaders should read), every swap kind and the rewordings were asked, every policy
+was measured. ``--only`` keeps the other policies of the previous results only if they were measured at
+this same commit. A run that fails a check prints FAIL, exits with status 1 and writes nothing.
+
 Run from the repository root (a few minutes)::
 
     .venv/bin/python bench/verifier_bench.py
+    .venv/bin/python bench/verifier_bench.py --quick    # a smoke run: 2,000 pairs a dataset, no GPTCache
 """
 
 from __future__ import annotations
@@ -50,10 +56,12 @@ import numpy as np
 import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import swap_set
 import verifier_data as vd
 
+from bench.common import Checks, OutcomeError, provenance, run_main, write_results
 from semproxy.cache.text import analyze
 from semproxy.cache.verifier import Candidate, HitVerifier
 
@@ -67,6 +75,7 @@ BUDGETS = (0.01, 0.02, 0.05)
 GPTCACHE_COSINE = 0.6  # GPTCache's default: L2 distance^2 <= 4 * (1 - 0.8) between unit vectors = cosine >= 0.6
 SWAP_BASES = 3000
 LATENCY_ROUNDS = 300
+QUICK_PAIRS, QUICK_SWAP_BASES, QUICK_LATENCY_ROUNDS = 2000, 300, 50
 
 
 def log(message: str) -> None:
@@ -211,13 +220,14 @@ def pairwise(d: vd.Dataset, verifier: HitVerifier | None, threshold: float) -> O
 # ------------------------------------------------------------------------------------ swaps
 
 
-def swap_setup(datasets: dict[str, vd.Dataset]) -> tuple[Retrieval, list[swap_set.Variant]]:
+def swap_setup(datasets: dict[str, vd.Dataset],
+               bases_kept: int = SWAP_BASES) -> tuple[Retrieval, list[swap_set.Variant]]:
     """Held-out prompts (QQP questions, GPTCache origins) with their swaps and rewordings, plus the
     hand-written pairs; every stored prompt goes into one namespace."""
     qqp, mock = datasets["qqp"], datasets["gptcache_mock"]
     bases = sorted({qqp.texts[qqp.left[r]] for r in qqp.rows("heldout")})
     random.Random(0).shuffle(bases)
-    bases = bases[:SWAP_BASES] + sorted({mock.texts[mock.left[r]] for r in mock.rows("heldout")})
+    bases = bases[:bases_kept] + sorted({mock.texts[mock.left[r]] for r in mock.rows("heldout")})
     variants = swap_set.generate(bases) + swap_set.HANDWRITTEN
     stored = sorted({v.stored for v in variants})
     asked = [v.asked for v in variants]
@@ -254,11 +264,11 @@ def swap_outcome(retrieval: Retrieval, variants: list[swap_set.Variant],
 # ------------------------------------------------------------------------------------ latency
 
 
-def verifier_latency(d: vd.Dataset, verifier: HitVerifier) -> dict[str, float]:
+def verifier_latency(d: vd.Dataset, verifier: HitVerifier, rounds: int = LATENCY_ROUNDS) -> dict[str, float]:
     """One lookup's verification (the asked prompt's facts plus 4 candidates, stored facts cached as in
     the proxy) against one forward pass of the embedder, interleaved."""
     model = vd.sweep.ModelLoader().get()
-    rows = d.rows("heldout")[:LATENCY_ROUNDS]
+    rows = d.rows("heldout")[:rounds]
     verify_ms, embed_ms = [], []
     for row in rows:
         text = d.texts[d.right[row]]
@@ -282,48 +292,101 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-gptcache", action="store_true", help="skip the GPTCache runs")
     parser.add_argument("--only", nargs="*", help="run only these policies (names as printed) and the latency "
-                        "check, keeping the other results of the previous run")
+                        "check, keeping the other results of the previous run (measured at this commit)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 2,000 pairs a dataset, no GPTCache")
     args = parser.parse_args()
-    datasets = {d.name: d for d in vd.load_all()}
-    previous = json.loads(RESULTS_PATH.read_text()) if args.only and RESULTS_PATH.exists() else {}
+    limit = QUICK_PAIRS if args.quick else None
+    origin = provenance()
+    previous = _previous(origin) if args.only else {}
+    datasets = {d.name: d for d in vd.load_all(limit)}
     results: dict[str, object] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.machine(),
-        "floor": FLOOR, "top_k": TOP_K, "policies": previous.get("policies", {}),
+        "floor": FLOOR, "top_k": TOP_K, "limit": limit, "policies": previous.get("policies", {}),
     }
+    qqp_retrieval, qqp_rows = qqp_setup(datasets["qqp"])
+    swaps, variants = swap_setup(datasets, QUICK_SWAP_BASES if args.quick else SWAP_BASES)
+    for name, verifier, threshold in _policies():
+        if args.only and name not in args.only:
+            continue
+        no_gptcache = args.no_gptcache or args.quick
+        results["policies"][name] = _measure(  # type: ignore[index]
+            name, verifier, threshold, datasets, (qqp_retrieval, qqp_rows), (swaps, variants), no_gptcache)
+    results["latency"] = verifier_latency(datasets["qqp"], HitVerifier.packaged(max_false_hit_rate=0.02),
+                                          QUICK_LATENCY_ROUNDS if args.quick else LATENCY_ROUNDS)
+    log(f"latency: {results['latency']}")
+    checks = _check(datasets, variants, results, limit)
+    checks.raise_if_failed()
+    write_results(RESULTS_PATH, {**results, "checks": checks.record()}, origin)
+
+
+def _policies() -> list[tuple[str, HitVerifier | None, float]]:
     policies: list[tuple[str, HitVerifier | None, float]] = [
         (f"semproxy budget {b:.0%}", HitVerifier.packaged(max_false_hit_rate=b), FLOOR) for b in BUDGETS]
     policies += [(f"cosine >= {t:.2f}", None, t) for t in COSINE_THRESHOLDS]
     policies.append(("GPTCache default", None, GPTCACHE_COSINE))
-    qqp_retrieval, qqp_rows = qqp_setup(datasets["qqp"])
-    swaps, variants = swap_setup(datasets)
-    for name, verifier, threshold in policies:
-        if args.only and name not in args.only:
-            continue
-        started = time.perf_counter()
-        qqp_answers = qqp_retrieval.answers(verifier, threshold)
-        swap_answers = swaps.answers(verifier, threshold)
-        entry: dict[str, object] = {}
-        if name == "GPTCache default" and not args.no_gptcache:
-            package_qqp, package_swaps = qqp_retrieval.gptcache(), swaps.gptcache()
-            if package_qqp is not None and package_swaps is not None:
-                entry["agreement_with_cosine_0.6"] = float(np.mean(
-                    [a == b for a, b in zip(package_qqp + package_swaps, qqp_answers + swap_answers, strict=True)]))
-                qqp_answers, swap_answers = package_qqp, package_swaps
-        entry["qqp_retrieval"] = qqp_outcome(datasets["qqp"], qqp_rows, qqp_retrieval, qqp_answers)
-        entry["qqp_pairs"] = pairwise(datasets["qqp"], verifier, threshold).as_dict()
-        entry["paws"] = pairwise(datasets["paws_wiki"], verifier, threshold).as_dict()
-        entry["stsb"] = pairwise(datasets["stsb"], verifier, threshold).as_dict()
-        entry["swaps"] = swap_outcome(swaps, variants, swap_answers)
-        results["policies"][name] = entry  # type: ignore[index]
-        q, p, s = entry["qqp_retrieval"], entry["paws"], entry["swaps"]
-        log(f"{name:22s} QQP precision {q['precision']:.3f} (judged {q['judged_precision']:.3f}) "  # type: ignore[index]
-            f"recall {q['recall']:.3f} | PAWS false hits {p['false_hit_rate']:.1%} | "  # type: ignore[index]
-            f"swaps served {s['all_swaps']['served']:.1%}, rewordings {s['rewording']['served']:.1%} "  # type: ignore[index]
-            f"({time.perf_counter() - started:.0f} s)")
-    results["latency"] = verifier_latency(datasets["qqp"], HitVerifier.packaged(max_false_hit_rate=0.02))
-    log(f"latency: {results['latency']}")
-    RESULTS_PATH.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return policies
+
+
+def _previous(origin: dict[str, object]) -> dict[str, object]:
+    """The previous results, whose other policies --only keeps: only if measured at this same code."""
+    if not RESULTS_PATH.exists():
+        return {}
+    previous: dict[str, object] = json.loads(RESULTS_PATH.read_text())
+    earlier = previous.get("provenance") or {}
+    same = isinstance(earlier, dict) and earlier.get("commit") == origin["commit"] and not earlier.get("dirty")
+    if not same or origin["dirty"]:
+        raise OutcomeError("--only would keep policies measured at other code "
+                           f"({earlier.get('commit') if isinstance(earlier, dict) else None}); run every policy")
+    return previous
+
+
+def _measure(name: str, verifier: HitVerifier | None, threshold: float, datasets: dict[str, vd.Dataset],
+             qqp: tuple[Retrieval, npt.NDArray[np.intp]], swap: tuple[Retrieval, list[swap_set.Variant]],
+             no_gptcache: bool) -> dict[str, object]:
+    """Every protocol for one policy."""
+    (qqp_retrieval, qqp_rows), (swaps, variants) = qqp, swap
+    started = time.perf_counter()
+    qqp_answers = qqp_retrieval.answers(verifier, threshold)
+    swap_answers = swaps.answers(verifier, threshold)
+    entry: dict[str, object] = {}
+    if name == "GPTCache default" and not no_gptcache:
+        package_qqp, package_swaps = qqp_retrieval.gptcache(), swaps.gptcache()
+        if package_qqp is not None and package_swaps is not None:
+            entry["agreement_with_cosine_0.6"] = float(np.mean(
+                [a == b for a, b in zip(package_qqp + package_swaps, qqp_answers + swap_answers, strict=True)]))
+            qqp_answers, swap_answers = package_qqp, package_swaps
+    entry["qqp_retrieval"] = qqp_outcome(datasets["qqp"], qqp_rows, qqp_retrieval, qqp_answers)
+    entry["qqp_pairs"] = pairwise(datasets["qqp"], verifier, threshold).as_dict()
+    entry["paws"] = pairwise(datasets["paws_wiki"], verifier, threshold).as_dict()
+    entry["stsb"] = pairwise(datasets["stsb"], verifier, threshold).as_dict()
+    entry["swaps"] = swap_outcome(swaps, variants, swap_answers)
+    q, p, s = entry["qqp_retrieval"], entry["paws"], entry["swaps"]
+    log(f"{name:22s} QQP precision {q['precision']:.3f} (judged {q['judged_precision']:.3f}) "  # type: ignore[index]
+        f"recall {q['recall']:.3f} | PAWS false hits {p['false_hit_rate']:.1%} | "  # type: ignore[index]
+        f"swaps served {s['all_swaps']['served']:.1%}, rewordings {s['rewording']['served']:.1%} "  # type: ignore[index]
+        f"({time.perf_counter() - started:.0f} s)")
+    return entry
+
+
+def _check(datasets: dict[str, vd.Dataset], variants: list[swap_set.Variant], results: dict[str, object],
+           limit: int | None) -> Checks:
+    """The data is what the figures claim to be measured on, and every policy was measured."""
+    checks = Checks()
+    for name, d in datasets.items():
+        held = d.labels[d.rows("heldout")]
+        checks.expect(held.any() and (~held).any(), f"{name}: held-out pairs {held.sum()} positive, "
+                      f"{(~held).sum()} negative; expected both")
+        if limit is None:
+            expected = vd.sweep.EXPECTED_PAIRS.get(name)
+            checks.expect(len(d.labels) == expected, f"{name}: {len(d.labels)} pairs, expected {expected}")
+    asked = {v.kind for v in variants}
+    expected_kinds = {"number", "negation", "direction", "name", "programming", "written_in", "rewording"}
+    checks.expect(expected_kinds <= asked, f"swaps: kinds never asked: {sorted(expected_kinds - asked)}")
+    measured = set(results["policies"])  # type: ignore[arg-type]
+    wanted = {name for name, _, _ in _policies()}
+    checks.expect(measured == wanted, f"policies: {sorted(wanted ^ measured)} missing or unexpected")
+    return checks
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
