@@ -1,6 +1,6 @@
 """Semantic lookups: the embedded store (SQLite + FAISS) and the shared one (PostgreSQL + pgvector HNSW), side by side.
 
-Both are driven through the same SemanticStore.nearest(scope, vector, k=4) the cache service calls, so a
+Both are driven through the same EntryStore.nearest(scope, vector, k=4) the cache service calls, so a
 lookup includes fetching the candidates' rows (prompt, answer, vector) for the hit verifier. Per size:
 
 * load: SQLite rows with executemany, then the FAISS index rebuilt from them as at start (IVF past 20,000);
@@ -32,7 +32,6 @@ import contextlib
 import json
 import math
 import shutil
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -49,9 +48,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.common import Checks, provenance, run_main, write_results  # noqa: E402
 from bench.faiss_scale import build_dataset, data_dir, load_real_embeddings, log  # noqa: E402
-from semproxy.cache.backend import EmbeddedStore, SemanticStore  # noqa: E402
 from semproxy.cache.index import FaissIndex  # noqa: E402
-from semproxy.cache.postgres import HnswParams, PostgresStore  # noqa: E402
+from semproxy.cache.store import EmbeddedStore, EntryStore  # noqa: E402
+from semproxy.storage.pgvector import PostgresEntries, index_sql  # noqa: E402
+from semproxy.storage.postgres import HnswParams, PostgresStorage  # noqa: E402
+from semproxy.storage.sqlite import SqliteStorage  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "pg_bench.json"
 SCOPE, SMALL_SCOPE, SMALL = "big-scope", "small-scope", 1000
@@ -134,17 +135,18 @@ def _one_size(admin_url: str, data: Any, args: argparse.Namespace) -> dict[str, 
 
 def _embedded(data: Any, truth: np.ndarray, small_truth: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
-        embedded, load_s = _timed(lambda: _load_embedded(Path(folder) / "cache.sqlite3", data))
+        embedded, load_s = _timed(lambda: _load_embedded(Path(folder), data))
         figures = {"load_s": round(load_s, 1), "index": _faiss_kind(embedded),
                    **_measure(embedded, data, truth, small_truth, args.seconds)}
         embedded.close()
+        embedded.storage.close()
     return figures
 
 
 def _postgres_figures(admin_url: str, data: Any, truth: np.ndarray, small_truth: np.ndarray,
                       args: argparse.Namespace) -> dict[str, Any]:
     url = _fresh_database(admin_url, f"semproxy_bench_{len(data.xb)}")
-    store = PostgresStore(url, pool_size=8, timeout=10.0)
+    store = _open_postgres(url, HnswParams())
     copy_s, index_s = _load_postgres(store, data)
     figures: dict[str, Any] = {"copy_s": round(copy_s, 1), "hnsw_build_s": round(index_s, 1),
                                **_measure(store, data, truth, small_truth, args.seconds)}
@@ -152,17 +154,26 @@ def _postgres_figures(admin_url: str, data: Any, truth: np.ndarray, small_truth:
     log(f"  plans: {figures['plans']}")
     figures["ef_search"] = {}
     for ef in args.ef_search:
-        store.close()
-        store = PostgresStore(url, pool_size=8, timeout=10.0, hnsw=HnswParams(ef_search=ef))
+        _close(store)
+        store = _open_postgres(url, HnswParams(ef_search=ef))
         found, latencies = _lookups(store, SCOPE, data.xq)
         figures["ef_search"][str(ef)] = {"recall_at_1": _recall(found, truth), "answered": _answered(found),
                                          **_ms(latencies)}
         log(f"  ef_search {ef}: {figures['ef_search'][str(ef)]}")
-    store.close()
+    _close(store)
     return figures
 
 
-def _measure(store: SemanticStore, data: Any, truth: np.ndarray, small_truth: np.ndarray,
+def _open_postgres(url: str, hnsw: HnswParams) -> PostgresEntries:
+    return PostgresEntries(PostgresStorage(url, pool_size=8, timeout=10.0, hnsw=hnsw))
+
+
+def _close(store: PostgresEntries) -> None:
+    store.close()
+    store.storage.close()
+
+
+def _measure(store: EntryStore, data: Any, truth: np.ndarray, small_truth: np.ndarray,
              seconds: float) -> dict[str, Any]:
     _lookups(store, SCOPE, data.xq[:50])  # warm up
     found, latencies = _lookups(store, SCOPE, data.xq)
@@ -185,26 +196,26 @@ def _rows(data: Any) -> Iterator[tuple[int, str, np.ndarray]]:
         yield len(data.xb) + i + 1, SMALL_SCOPE, vector
 
 
-def _load_embedded(path: Path, data: Any) -> EmbeddedStore:
-    store = EmbeddedStore(path, make_index=partial(FaissIndex, large_scope_entries=20_000))
-    db = sqlite3.connect(path, isolation_level=None)
+def _load_embedded(folder: Path, data: Any) -> EmbeddedStore:
+    storage = SqliteStorage(folder)
+    store = EmbeddedStore(storage, make_index=partial(FaissIndex, large_scope_entries=20_000))
+    db = storage.connection("cache.sqlite3")  # a bulk load, the way the store's own writes go
     db.execute("BEGIN")
     db.executemany("INSERT INTO entries (id, kind, tenant, scope, model, prompt, vector, response, created_at, "
                    "expires_at, last_used_at) VALUES (?, 'chat', 't', ?, 'm', ?, ?, ?, 0, NULL, 0)",
                    ((i, scope, f"prompt {i}", v.astype(np.float32).tobytes(), b'{"answer": 1}')
                     for i, scope, v in _rows(data)))
     db.execute("COMMIT")
-    db.close()
     store.enable_vectors(data.xb.shape[1], now=1.0)  # as at start: rebuilt from SQLite, big scopes as IVF
     return store
 
 
-def _load_postgres(store: PostgresStore, data: Any) -> tuple[float, float]:
+def _load_postgres(store: PostgresEntries, data: Any) -> tuple[float, float]:
     import psycopg
     from pgvector.psycopg import register_vector
 
     store.enable_vectors(data.xb.shape[1], now=1.0)
-    with psycopg.connect(store.url, autocommit=True) as db:
+    with psycopg.connect(store.storage.url, autocommit=True) as db:
         register_vector(db)
         db.execute("DROP INDEX IF EXISTS semproxy_entries_hnsw")  # built after the load: much faster
         started = time.perf_counter()
@@ -218,7 +229,7 @@ def _load_postgres(store: PostgresStore, data: Any) -> tuple[float, float]:
         started = time.perf_counter()
         db.execute("SET maintenance_work_mem = '4GB'")  # the whole graph in memory while it is built
         db.execute("SET max_parallel_maintenance_workers = 1")  # two cores: the leader and one worker
-        db.execute(store.index_sql())
+        db.execute(index_sql(store.storage))
         index_s = time.perf_counter() - started
         db.execute("VACUUM ANALYZE semproxy_entries")
     log(f"  postgres: COPY {copy_s:.1f} s, HNSW build {index_s:.1f} s")
@@ -228,7 +239,7 @@ def _load_postgres(store: PostgresStore, data: Any) -> tuple[float, float]:
 # --------------------------------------------------------------------------- measuring
 
 
-def _lookups(store: SemanticStore, scope: str, queries: np.ndarray) -> tuple[np.ndarray, list[float]]:
+def _lookups(store: EntryStore, scope: str, queries: np.ndarray) -> tuple[np.ndarray, list[float]]:
     found = np.full(len(queries), -1, dtype=np.int64)
     latencies = []
     for q, query in enumerate(queries):
@@ -240,7 +251,7 @@ def _lookups(store: SemanticStore, scope: str, queries: np.ndarray) -> tuple[np.
     return found, latencies
 
 
-def _throughput(store: SemanticStore, queries: np.ndarray, seconds: float, threads: int = 4) -> float:
+def _throughput(store: EntryStore, queries: np.ndarray, seconds: float, threads: int = 4) -> float:
     stop = threading.Event()
     counts = [0] * threads
 
