@@ -124,17 +124,17 @@ class EntryQueries:
         """Remove entries whose TTL ran out."""
         return _removed(db.execute(self._expired, (now,)))
 
-    def evict(self, db: Connection, *, keep: int) -> Removed:
-        """Remove the least recently used entries beyond `keep`."""
-        excess = self.count(db) - keep
-        return _removed(db.execute(self._least_used, (excess,))) if excess > 0 else []
-
     def sweep(self, db: Connection, *, now: float, keep: int, used: Mapping[int, float]) -> tuple[Removed, int]:
-        """Record LRU times, drop expired entries, evict beyond `keep`; (what went, how many are left)."""
+        """Record LRU times, drop expired entries, evict the least recently used beyond `keep`; (what went,
+        how many are left). One count: once the cache is full this runs with every store."""
         if used:
             self.touch(db, used)
-        removed = self.delete_expired(db, now=now) + self.evict(db, keep=keep)
-        return removed, self.count(db)
+        removed = self.delete_expired(db, now=now)
+        count = self.count(db)
+        if count > keep:
+            evicted = _removed(db.execute(self._least_used, (count - keep,)))
+            removed, count = removed + evicted, count - len(evicted)
+        return removed, count
 
     def delete_tenants(self, db: Connection, tenants: Collection[str] | None) -> Removed:
         """Remove every entry (None), or those of these tenants."""
