@@ -105,16 +105,17 @@ def build_cache(settings: Settings, *, storage: Storage | None = None,
 # ---------------------------------------------------------------- compression
 
 
-def build_compression(settings: Settings) -> CompressionService:
+def build_compression(settings: Settings, storage: Storage | None = None) -> CompressionService:
     """The compression service: LLMLingua scoring, protected spans, results kept in the data dir (also with a
     shared store: a compression is a function of the prompt, each machine keeps its own)."""
+    results = storage if isinstance(storage, SqliteStorage) else SqliteStorage(settings.data_dir)
     policy = CompressionPolicy(
         rate=settings.compression_rate, min_tokens=settings.compression_min_tokens, wait=settings.compression_wait,
         fingerprint="|".join([settings.compression_method, settings.compression_model,
                               settings.compression_keep_start, settings.compression_keep_end]),
     )
     return CompressionService(load_compressor=partial(load_compressor, settings),
-                              results=SqliteStorage(settings.data_dir), policy=policy)
+                              results=results, policy=policy)
 
 
 def load_compressor(settings: Settings) -> Compressor:
@@ -252,7 +253,7 @@ def build_app(
     if not settings.compression_enabled:
         compression = None
     elif compression is None:
-        compression = build_compression(settings)
+        compression = build_compression(settings, storage)
     inner = _service(build_upstream(settings, transport or build_transport(), clock=clock), settings, cache,
                      compression)
     return build_layers(inner, settings, cache=cache, storage=storage, compression=compression, proxy_mode=True)
@@ -307,7 +308,7 @@ class SemanticCacheMiddleware:
         self.settings = settings = settings or Settings()
         self.storage = build_storage(settings)
         self.cache = build_cache(settings, storage=self.storage)
-        compression = build_compression(settings) if settings.compression_enabled else None
+        compression = build_compression(settings, self.storage) if settings.compression_enabled else None
         self.app = build_layers(app, settings, cache=self.cache, storage=self.storage, compression=compression,
                                 proxy_mode=False, routes=routes)
 
