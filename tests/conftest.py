@@ -16,6 +16,7 @@ import pytest
 
 from semproxy.app import build_app, build_cache, build_storage
 from semproxy.cache.service import SemanticCache
+from semproxy.cache.spaces import Spaces
 from semproxy.config import Settings
 from semproxy.storage import Storage
 from tests import pg
@@ -101,10 +102,10 @@ async def make_proxy(upstream: FakeOpenAI, embedder: HashingEmbedder, settings: 
 
     async def make(*, settings: Settings = settings, embedder: HashingEmbedder | None = embedder,
                    start: bool = True, compression: object = None, transport: httpx.AsyncBaseTransport | None = None,
-                   **cache_options: object) -> Proxy:
+                   spaces: Spaces | None = None, **cache_options: object) -> Proxy:
         storage = build_storage(settings)
         cache = build_cache(settings, storage=storage, load_embedder=(lambda: embedder) if embedder else None,
-                            **cache_options)
+                            load_spaces=(lambda: spaces) if spaces else None, **cache_options)
         app = build_app(settings, transport=transport or upstream.transport(), storage=storage, cache=cache,
                         compression=compression)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://semproxy.test")

@@ -24,6 +24,8 @@ from semproxy.storage.records import Vector
 class HashingEmbedder:
     """Bag of words hashed into a small vector: same words -> same vector, shared words -> high cosine."""
 
+    name = "hashing"
+
     def __init__(self, dimension: int = 64, *, max_chars: int = 2000) -> None:
         self.dimension = dimension
         self.max_chars = max_chars

@@ -24,9 +24,11 @@ import pytest
 
 from semproxy.app import build_app, build_storage, open_entry_store
 from semproxy.cache.service import CachePolicy, SemanticCache
+from semproxy.cache.spaces import Spaces
 from semproxy.cli import main
 from semproxy.config import Settings
 from semproxy.errors import CacheFailure
+from semproxy.storage.postgres_schema import SCHEMA_VERSION
 from tests import pg
 from tests.conftest import Proxy
 from tests.fakes import FakeOpenAI, HashingEmbedder
@@ -207,7 +209,8 @@ async def test_a_replica_started_while_postgres_is_down_forwards_then_opens_the_
     pg.stop_server(server)
     shared = dataclasses.replace(settings, store=url, postgres_timeout=1.0)
     storage = build_storage(shared)
-    cache = SemanticCache(open_store=partial(open_entry_store, shared, storage), load_embedder=HashingEmbedder,
+    cache = SemanticCache(open_store=partial(open_entry_store, shared, storage),
+                          load_spaces=lambda: Spaces.single(HashingEmbedder()),
                           policy=CachePolicy(maintenance_seconds=0.3))
     app = build_app(shared, transport=upstream.transport(), storage=storage, cache=cache)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
@@ -237,7 +240,7 @@ _WRITER = textwrap.dedent("""
         body = {"model": "m", "messages": [{"role": "user", "content": f"prompt {i}"}]}
         vector = np.ones(8, np.float32) / np.sqrt(8)
         store.put(NewEntry(key=make_key("chat", body, tenant="t"), response=b"x" * 200_000, vector=vector,
-                           ttl_seconds=0), now=1.0)
+                           ttl_seconds=0, space="s/en"), now=1.0)
         print("stored", i, flush=True)
         i += 1
 """)
@@ -268,7 +271,7 @@ def test_db_migrate_creates_and_reports_the_schema(pg_url: str, capsys: pytest.C
     import psycopg
 
     assert main(["db", "migrate", "--store", pg_url]) == 0
-    assert capsys.readouterr().out.strip() == "schema version 1 (was 0)"
+    assert capsys.readouterr().out.strip() == f"schema version {SCHEMA_VERSION} (was 0)"
     assert main(["db", "migrate", "--store", pg_url]) == 0
     assert capsys.readouterr().out.strip() == "schema version 1"
     with psycopg.connect(pg_url) as db:

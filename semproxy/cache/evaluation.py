@@ -19,8 +19,9 @@ from typing import IO, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from semproxy.cache.spaces import Spaces
 from semproxy.cache.text import analyze
-from semproxy.cache.verifier import HitVerifier
+from semproxy.cache.verifier import Verifier
 from semproxy.errors import ConfigError
 
 STSB_POSITIVE_MIN, STSB_NEGATIVE_MAX = 4.0, 2.0
@@ -107,8 +108,34 @@ def _tsv(f: IO[str]) -> Iterator[LabelledPair]:
 # --------------------------------------------------------------------------------------------- scoring
 
 
+@dataclasses.dataclass(frozen=True)
+class RoutedScores:
+    """Per pair: cosine, score (REJECTED when not served at any budget) and the embedder that judged it."""
+
+    cosines: NDArray[np.float64]
+    scores: NDArray[np.float64]
+    models: list[str | None]  # None: the two prompts landed in different spaces, or in none
+
+
+def routed_scores(pairs: Sequence[LabelledPair], spaces: Spaces, verifiers: dict[str, Verifier | None], *,
+                  floor: float) -> RoutedScores:
+    """Judge each pair as the proxy would: both prompts placed in one space (model and language), then
+    that model's vectors and verifier. Pairs placed apart are never compared, so never served."""
+    cosines, scores = np.zeros(len(pairs)), np.full(len(pairs), REJECTED)
+    models: list[str | None] = [None] * len(pairs)
+    for k, pair in enumerate(pairs):
+        stored, asked = spaces.place(pair.stored), spaces.place(pair.asked)
+        models[k] = stored.model if stored is not None and stored == asked else None
+    for model, embedder in spaces.embedders.items():
+        rows = [k for k, m in enumerate(models) if m == model]
+        if rows:
+            cos, sc = policy_scores([pairs[k] for k in rows], embedder.embed, verifiers.get(model), floor=floor)
+            cosines[rows], scores[rows] = cos, sc
+    return RoutedScores(cosines, scores, models)
+
+
 def policy_scores(pairs: Sequence[LabelledPair], vectors_of: Callable[[list[str]], NDArray[np.float32]],
-                  verifier: HitVerifier | None, *, floor: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+                  verifier: Verifier | None, *, floor: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Per pair: the cosine similarity, and the verifier's score (REJECTED below the floor or by a rule)."""
     texts = list(dict.fromkeys([p.stored for p in pairs] + [p.asked for p in pairs]))
     position = {t: i for i, t in enumerate(texts)}
@@ -144,14 +171,16 @@ def operating_point(label: str, served: NDArray[np.bool_], labels: NDArray[np.bo
     )
 
 
-def budget_sweep(scores: NDArray[np.float64], labels: NDArray[np.bool_], verifier: HitVerifier,
+def budget_sweep(routed: RoutedScores, labels: NDArray[np.bool_], verifiers: dict[str, Verifier | None],
                  budgets: Sequence[float]) -> list[OperatingPoint]:
-    """What the proxy would serve at each error budget (the thresholds the shipped calibration gives)."""
+    """What the proxy would serve at each error budget (the thresholds each model's calibration gives).
+    The threshold shown is the first model's (the English one by default)."""
     points = []
     for budget in sorted(set(budgets)):
-        threshold = verifier.model.threshold_for(budget)
-        served = scores >= threshold
-        points.append(operating_point(f"budget {budget:g}", served, labels, threshold))
+        at = {m: (0.0 if v is None else v.threshold_at(budget)) for m, v in verifiers.items()}
+        needed = np.asarray([np.inf if m is None else at.get(m, 0.0) for m in routed.models])
+        served = (routed.scores > REJECTED) & (routed.scores >= needed)
+        points.append(operating_point(f"budget {budget:g}", served, labels, next(iter(at.values()), 0.0)))
     return points
 
 

@@ -37,12 +37,20 @@ class CacheHit:
     verdict: Verdict | None = None  # the hit verifier's reasons for a semantic hit
 
 
+@dataclasses.dataclass(frozen=True)
+class Embedding:
+    """A prompt's vector and the space it belongs to (semproxy.cache.spaces)."""
+
+    space: str
+    vector: Vector
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Lookup:
     """The outcome of a lookup: a hit, or a miss that carries the embedding so storing needn't redo it."""
 
     hit: CacheHit | None
-    vector: Vector | None = None
+    embedding: Embedding | None = None
     rejected: Verdict | None = None  # why the nearest semantic candidate was not served, if one was found
 
 

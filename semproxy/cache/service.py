@@ -20,13 +20,13 @@ import anyio
 import anyio.to_thread
 
 from semproxy.cache.batching import BatchingEmbedder
-from semproxy.cache.embedder import Embedder
 from semproxy.cache.keys import tenant_id
-from semproxy.cache.records import CacheHit, Lookup, Verdict
+from semproxy.cache.records import CacheHit, Embedding, Lookup, Verdict
+from semproxy.cache.spaces import Placement, Spaces
 from semproxy.cache.store import EntryStore
 from semproxy.cache.text import PromptFacts, analyze
 from semproxy.cache.verifier import Candidate, Verifier
-from semproxy.storage.records import CacheEntry, CacheKey, NewEntry, Vector
+from semproxy.storage.records import CacheEntry, CacheKey, NewEntry, Relocation, Unplaced, Vector
 
 log = logging.getLogger("semproxy.cache")
 
@@ -42,28 +42,32 @@ class CachePolicy:
     embed_batch_size: int = 64
     maintenance_seconds: float = 30.0
     flight_wait: float = 10.0  # longest wait for another replica's identical request before forwarding anyway
+    relocate_batch: int = 16  # entries re-embedded per step in the background (live prompts wait at most one)
 
 
 class SemanticCache:
-    """Exact tier (a key lookup) then semantic tier (nearest prompt inside the request's scope)."""
+    """Exact tier (a key lookup) then semantic tier (nearest prompt inside the request's scope and space)."""
 
     def __init__(
         self,
         *,
         open_store: Callable[[], EntryStore],
-        load_embedder: Callable[[], Embedder] | None,
+        load_spaces: Callable[[], Spaces] | None,
         policy: CachePolicy,
-        load_verifier: Callable[[], Verifier] | None = None,
+        load_verifier: Callable[[str], Verifier | None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.policy = policy
         self._load_verifier = load_verifier
-        self._verifier: Verifier | None = None
+        self._verifiers: dict[str, Verifier | None] = {}  # by embedder name: each was fitted on one model's vectors
         self._facts: Callable[[str], PromptFacts] = functools.lru_cache(maxsize=8192)(analyze)
-        self._open_store, self._load_embedder = open_store, load_embedder
+        self._open_store, self._load_spaces = open_store, load_spaces
         self._clock = clock
         self._store: EntryStore | None = None
-        self._embedder: BatchingEmbedder | None = None
+        self._spaces: Spaces | None = None
+        self._embedders: dict[str, BatchingEmbedder] = {}  # by embedder name, each on its own model thread
+        self._relocating = False
+        self.relocated = 0  # entries re-embedded in the background since start
         self._writer = anyio.CapacityLimiter(1)
         self._touched: dict[int, float] = {}
         self._count = 0
@@ -88,7 +92,7 @@ class SemanticCache:
     @property
     def semantic_ready(self) -> bool:
         """Whether the semantic tier works (model loaded and index rebuilt)."""
-        return self._embedder is not None
+        return bool(self._embedders)
 
     async def start(self) -> None:
         """Open the store, then load the model and rebuild the index; requests are served meanwhile.
@@ -114,7 +118,7 @@ class SemanticCache:
         self._count = await anyio.to_thread.run_sync(
             lambda: store.sweep(now=self._clock(), keep=self.policy.max_entries, used={}))
         self._store = store
-        if self._load_embedder is not None:
+        if self._load_spaces is not None:
             await self._start_semantic(store)
 
     async def _reopen(self) -> None:
@@ -127,12 +131,16 @@ class SemanticCache:
         log.info("cache store opened: %d entries", self._count)
 
     async def _start_semantic(self, store: EntryStore) -> None:
-        assert self._load_embedder is not None
-        embedder = await anyio.to_thread.run_sync(self._load_embedder)
+        assert self._load_spaces is not None
+        spaces = await anyio.to_thread.run_sync(self._load_spaces)
         if self._load_verifier is not None:
-            self._verifier = await anyio.to_thread.run_sync(self._load_verifier)
-        await anyio.to_thread.run_sync(lambda: store.enable_vectors(embedder.dimension, now=self._clock()))
-        self._embedder = BatchingEmbedder(embedder, max_batch=self.policy.embed_batch_size)
+            for name in spaces.embedders:
+                self._verifiers[name] = await anyio.to_thread.run_sync(self._load_verifier, name)
+        await anyio.to_thread.run_sync(lambda: store.enable_vectors(spaces.dimension, now=self._clock()))
+        self._spaces = spaces
+        self._embedders = {name: BatchingEmbedder(embedder, max_batch=self.policy.embed_batch_size)
+                           for name, embedder in spaces.embedders.items()}
+        self._spawn(self.relocate())
 
     async def close(self) -> None:
         """Finish pending writes, flush LRU times, stop background work."""
@@ -140,8 +148,8 @@ class SemanticCache:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._embedder is not None:
-            await self._embedder.aclose()
+        for embedder in self._embedders.values():
+            await embedder.aclose()
         if self._store is not None:
             with contextlib.suppress(Exception):  # a database that went away: the touches are only LRU hints
                 await self._write(self._sweep)
@@ -196,12 +204,22 @@ class SemanticCache:
         self._touch(entry.id)
         return CacheHit(entry=entry, tier="exact")
 
+    def _place(self, prompt: str | None) -> tuple[Placement, BatchingEmbedder] | None:
+        """The prompt's space and the embedder that makes its vectors; None: exact tier only."""
+        if prompt is None or self._spaces is None:
+            return None
+        placement = self._spaces.place(prompt)
+        embedder = None if placement is None else self._embedders.get(placement.model)
+        return None if placement is None or embedder is None else (placement, embedder)
+
     async def _lookup_semantic(self, key: CacheKey, threshold: float) -> Lookup:
-        if key.prompt is None or self._embedder is None:
-            return Lookup(hit=None)
         try:
+            placed = self._place(key.prompt)
+            if placed is None or key.prompt is None:
+                return Lookup(hit=None)
+            placement, embedder = placed
             # The search runs on the model thread right after the forward pass: one thread hop, not two.
-            found = await self._embedder.embed_then(key.prompt, lambda v: self._nearest(key, v, threshold))
+            found = await embedder.embed_then(key.prompt, lambda v: self._nearest(key, placement, v, threshold))
             if found is None:
                 return Lookup(hit=None)
             vector, (hit, rejected) = found
@@ -211,7 +229,7 @@ class SemanticCache:
         if hit is not None:
             self._touch(hit.entry.id)
             self._spawn(self._write(self._alias, key.exact, hit.entry.id), write=True)
-        return Lookup(hit=hit, vector=vector, rejected=rejected)
+        return Lookup(hit=hit, embedding=Embedding(placement.space, vector), rejected=rejected)
 
     @contextlib.asynccontextmanager
     async def replica_flight(self, key: CacheKey, *, threshold: float | None = None) -> AsyncIterator[CacheHit | None]:
@@ -244,37 +262,41 @@ class SemanticCache:
                 with contextlib.suppress(Exception):
                     await anyio.to_thread.run_sync(lock.unlock, key.exact)
 
-    async def embed(self, key: CacheKey) -> Vector | None:
+    async def embed(self, key: CacheKey) -> Embedding | None:
         """The prompt's vector for storing without a lookup (Cache-Control: no-cache); never raises."""
-        if key.prompt is None or self._embedder is None:
-            return None
         try:
-            return await self._embedder.embed(key.prompt)
+            placed = self._place(key.prompt)
+            if placed is None or key.prompt is None:
+                return None
+            vector = await placed[1].embed(key.prompt)
         except Exception:
             log.exception("embedding failed; the entry will be stored for exact lookups only")
             return None
+        return None if vector is None else Embedding(placed[0].space, vector)
 
-    def _nearest(self, key: CacheKey, vector: Vector, threshold: float) -> tuple[CacheHit | None, Verdict | None]:
-        """The nearest live entry of the scope at or above the threshold that the verifier accepts, or the
-        verifier's reason for rejecting the nearest one."""
+    def _nearest(self, key: CacheKey, placement: Placement, vector: Vector,
+                 threshold: float) -> tuple[CacheHit | None, Verdict | None]:
+        """The nearest live entry of the scope and space at or above the threshold that the verifier
+        accepts, or the verifier's reason for rejecting the nearest one."""
         assert self._store is not None
-        found = self._store.nearest(key.scope, vector, self.policy.top_k, min_similarity=threshold)
+        found = self._store.nearest(key.scope, placement.space, vector, self.policy.top_k, min_similarity=threshold)
         now = self._clock()
-        live = [(entry, similarity) for entry, similarity in found if self._matches(entry, key, now)]
+        live = [(entry, similarity) for entry, similarity in found
+                if self._matches(entry, key, now) and entry.space == placement.space]
         if not live:
             return None, None
-        if self._verifier is None or key.prompt is None:
+        verifier = self._verifiers.get(placement.model)
+        if verifier is None or key.prompt is None:
             entry, similarity = live[0]
             return CacheHit(entry=entry, tier="semantic", similarity=similarity), None
-        return self._verified(key.prompt, vector, live)
+        return self._verified(verifier, key.prompt, vector, live)
 
-    def _verified(self, prompt: str, vector: Vector,
+    def _verified(self, verifier: Verifier, prompt: str, vector: Vector,
                   live: list[tuple[CacheEntry, float]]) -> tuple[CacheHit | None, Verdict | None]:
-        assert self._verifier is not None
         usable = [(entry, similarity, entry.vector) for entry, similarity in live if entry.vector is not None]
         candidates = [Candidate(facts=self._facts(entry.prompt or ""), vector=stored, similarity=similarity)
                       for entry, similarity, stored in usable]
-        chosen, verdicts = self._verifier.choose(self._facts(prompt), vector, candidates)
+        chosen, verdicts = verifier.choose(self._facts(prompt), vector, candidates)
         for (entry, similarity, _), verdict in zip(usable, verdicts, strict=True):
             log.debug("semantic candidate %d (similarity %.4f) %s", entry.id, similarity, verdict.header())
         if chosen is None:
@@ -289,12 +311,17 @@ class SemanticCache:
 
     # ---------------------------------------------------------------- writes
 
-    async def put(self, key: CacheKey, response: bytes, *, vector: Vector | None, ttl_seconds: int | None) -> bool:
+    async def put(self, key: CacheKey, response: bytes, *, embedding: Embedding | None,
+                  ttl_seconds: int | None) -> bool:
         """Store an upstream answer durably; True once it is committed. Never raises."""
         if self._store is None:
             return False
         ttl = self.policy.ttl_seconds if ttl_seconds is None else ttl_seconds
-        entry = NewEntry(key=key, response=response, vector=vector if self.semantic_ready else None, ttl_seconds=ttl)
+        if embedding is not None and self.semantic_ready:
+            entry = NewEntry(key=key, response=response, vector=embedding.vector, ttl_seconds=ttl,
+                             space=embedding.space)
+        else:
+            entry = NewEntry(key=key, response=response, vector=None, ttl_seconds=ttl, space=self._no_space(key))
         try:
             await self._write(self._put, entry)
         except Exception:
@@ -311,6 +338,15 @@ class SemanticCache:
         self._count += 1 - self._store.put(entry, now=self._clock())
         if self._count > self.policy.max_entries:
             self._sweep()
+
+    def _no_space(self, key: CacheKey) -> str | None:
+        """The space of an entry stored without a vector: "" if its prompt has none (exact hits only),
+        None if it should be embedded in the background (the model was not ready, or embedding failed)."""
+        try:
+            unplaced = self.semantic_ready and (key.prompt is None or self._place(key.prompt) is None)
+        except Exception:  # a broken language detector: let the background pass try again
+            return None
+        return "" if unplaced else None
 
     def _alias(self, exact_key: str, entry_id: int) -> None:
         assert self._store is not None
@@ -334,10 +370,50 @@ class SemanticCache:
                 log.exception("cache housekeeping failed; retrying later")
 
     async def housekeeping(self) -> None:
-        """Flush LRU times, drop expired entries, resync the count, let the store maintain its vector search."""
+        """Flush LRU times, drop expired entries, resync the count, let the store maintain its vector search,
+        embed entries that still lack a vector in the current space."""
         await self._write(self._sweep)
-        if self._embedder is not None and self._store is not None:
+        if self.semantic_ready and self._store is not None:
             await anyio.to_thread.run_sync(self._store.maintain)
+            await self.relocate()
+
+    async def relocate(self) -> int:
+        """Re-embed, in the background, the entries whose vectors are missing or were made by another model
+        or route (a data dir from before spaces, or a changed `embedding_model`): until then they are served
+        by the exact tier only, never compared across models. Returns how many entries moved."""
+        store, spaces = self._store, self._spaces
+        if self._relocating or store is None or spaces is None:
+            return 0
+        self._relocating, moved, after = True, 0, 0
+        try:
+            while batch := await anyio.to_thread.run_sync(functools.partial(
+                    store.unplaced, spaces.is_current, after=after, limit=self.policy.relocate_batch)):
+                after = batch[-1][0]
+                moves = await self._relocations(batch)
+                await self._write(store.relocate, moves)
+                moved += len(moves)
+                self.relocated += len(moves)
+        finally:
+            self._relocating = False
+        if moved:
+            log.info("re-embedded %d cache entries into their current spaces", moved)
+        return moved
+
+    async def _relocations(self, batch: list[Unplaced]) -> list[Relocation]:
+        """New places for (id, prompt, old space) rows; rows whose embedding failed are left for a later pass."""
+        async def one(entry_id: int, prompt: str) -> Relocation:
+            placed = self._place(prompt)
+            vector = None if placed is None else await placed[1].embed(prompt)
+            if placed is None or vector is None:
+                return Relocation(entry_id, "", None)
+            return Relocation(entry_id, placed[0].space, vector)
+
+        outcomes = await asyncio.gather(*(one(i, prompt) for i, prompt, _ in batch), return_exceptions=True)
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            log.warning("re-embedding %d cache entries failed (%s); they stay exact-only for now",
+                        len(failed), failed[0])
+        return [o for o in outcomes if isinstance(o, Relocation)]
 
     def _sweep(self) -> None:
         """LRU times, expiry and eviction; the count is resynced (a shared store counts other replicas' too)."""

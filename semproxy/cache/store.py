@@ -1,7 +1,7 @@
-"""The cache's storage seam: entries looked up by exact key or by nearest vector inside a scope.
+"""The cache's storage seam: entries looked up by exact key or by nearest vector inside a scope and space.
 
-    SemanticCache --get / nearest / put / alias / sweep--> EntryStore
-        EmbeddedStore (here): SQLite rows (the source of truth) + per-scope FAISS indexes rebuilt at start
+    SemanticCache --get / nearest / put / alias / sweep / unplaced / relocate--> EntryStore
+        EmbeddedStore (here): SQLite rows (the source of truth) + FAISS indexes per scope and space, rebuilt at start
         PostgresEntries (semproxy.storage.pgvector): one table with a pgvector column, shared by replicas
 
 The service calls these methods from worker threads (only `get` may run on the event loop, when
@@ -11,11 +11,11 @@ forwards uncached.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from semproxy.cache.index import FaissIndex
-from semproxy.storage.records import CacheEntry, Candidates, NewEntry, Removed, Vector
+from semproxy.storage.records import CacheEntry, Candidates, NewEntry, Relocation, Removed, Unplaced, Vector, partition
 from semproxy.storage.sqlite import SqliteStorage
 
 
@@ -34,8 +34,9 @@ class EntryStore(Protocol):
         """The entry an exact key points to, expired or not."""
         ...
 
-    def nearest(self, scope: str, vector: Vector, k: int, *, min_similarity: float) -> Candidates:
-        """Up to k entries of the scope at or above `min_similarity`, with their vectors, most similar first."""
+    def nearest(self, scope: str, space: str, vector: Vector, k: int, *, min_similarity: float) -> Candidates:
+        """Up to k entries of the scope and space at or above `min_similarity`, with their vectors, most
+        similar first."""
         ...
 
     def put(self, entry: NewEntry, *, now: float) -> int:
@@ -53,6 +54,14 @@ class EntryStore(Protocol):
 
     def enable_vectors(self, dimension: int, *, now: float) -> None:
         """Prepare the vector search for embeddings of this size (at start, once the model is loaded)."""
+        ...
+
+    def unplaced(self, is_current: Callable[[str], bool], *, after: int, limit: int) -> list[Unplaced]:
+        """Entries past id `after` whose vector is missing or in a space no longer current: (id, prompt, space)."""
+        ...
+
+    def relocate(self, moves: Sequence[Relocation]) -> None:
+        """Give entries their re-embedded vectors and spaces."""
         ...
 
     def maintain(self) -> None:
@@ -91,23 +100,24 @@ class EmbeddedStore:
     def get(self, key: str) -> CacheEntry | None:
         return self.storage.get_entry(key)
 
-    def nearest(self, scope: str, vector: Vector, k: int, *, min_similarity: float) -> Candidates:
+    def nearest(self, scope: str, space: str, vector: Vector, k: int, *, min_similarity: float) -> Candidates:
         if self._index is None:
             return []
-        found = [(i, s) for i, s in self._index.search(scope, vector, k) if s >= min_similarity]
+        part = partition(scope, space)
+        found = [(i, s) for i, s in self._index.search(part, vector, k) if s >= min_similarity]
         if not found:
             return []
         entries = {entry.id: entry for entry in self.storage.get_entries([i for i, _ in found])}
         gone = [i for i, _ in found if i not in entries]
         if gone:  # deleted by another process (e.g. `semproxy cache clear`): heal the index
-            self._index.remove(scope, gone)
+            self._index.remove(part, gone)
         return [(entries[i], min(s, 1.0)) for i, s in found if i in entries]
 
     def put(self, entry: NewEntry, *, now: float) -> int:
         entry_id, removed = self.storage.put_entry(entry, now=now)
         self._unindex(removed)
-        if entry.vector is not None and self._index is not None:
-            self._index.add(entry.key.scope, [entry_id], entry.vector.reshape(1, -1))
+        if entry.vector is not None and entry.space and self._index is not None:
+            self._index.add(partition(entry.key.scope, entry.space), [entry_id], entry.vector.reshape(1, -1))
         return len(removed)
 
     def alias(self, key: str, entry_id: int) -> None:
@@ -120,10 +130,11 @@ class EmbeddedStore:
 
     def enable_vectors(self, dimension: int, *, now: float) -> None:
         index = self._make_index(dimension)
-        for ids, scopes, vectors in self.storage.iter_vectors(now=now):
-            for scope in dict.fromkeys(scopes):
-                rows = [i for i, s in enumerate(scopes) if s == scope]
-                index.add(scope, [ids[i] for i in rows], vectors[rows])
+        for ids, places, vectors in self.storage.iter_vectors(now=now):
+            parts = [partition(scope, space) for scope, space in places]
+            for part in dict.fromkeys(parts):
+                rows = [i for i, p in enumerate(parts) if p == part]
+                index.add(part, [ids[i] for i in rows], vectors[rows])
         for scope in index.scopes_to_rebuild():
             index.rebuild(scope)
         self._index = index
@@ -133,14 +144,29 @@ class EmbeddedStore:
             for scope in self._index.scopes_to_rebuild():
                 self._index.rebuild(scope)
 
+    def unplaced(self, is_current: Callable[[str], bool], *, after: int, limit: int) -> list[Unplaced]:
+        return self.storage.unplaced(is_current, after=after, limit=limit)
+
+    def relocate(self, moves: Sequence[Relocation]) -> None:
+        before = {e.id: e for e in self.storage.get_entries([m.id for m in moves])}
+        self.storage.relocate(moves)
+        if self._index is None:
+            return
+        self._unindex([(e.id, e.scope, e.space) for e in before.values()])
+        for move in moves:
+            entry = before.get(move.id)
+            if entry is not None and move.vector is not None and move.space:
+                self._index.add(partition(entry.scope, move.space), [move.id], move.vector.reshape(1, -1))
+
     def close(self) -> None:
         self._index = None
 
     def _unindex(self, removed: Removed) -> None:
         if self._index is None:
             return
-        by_scope: dict[str, list[int]] = {}
-        for entry_id, scope in removed:
-            by_scope.setdefault(scope, []).append(entry_id)
-        for scope, ids in by_scope.items():
-            self._index.remove(scope, ids)
+        by_part: dict[str, list[int]] = {}
+        for entry_id, scope, space in removed:
+            if space:
+                by_part.setdefault(partition(scope, space), []).append(entry_id)
+        for part, ids in by_part.items():
+            self._index.remove(part, ids)

@@ -44,6 +44,13 @@ class Verifier(Protocol):
     def choose(self, asked: PromptFacts, asked_vector: FloatArray,
                candidates: Sequence[Candidate]) -> tuple[int | None, list[Verdict]]: ...
 
+    def verify(self, asked: PromptFacts, asked_vector: FloatArray, stored: PromptFacts,
+               stored_vector: FloatArray, similarity: float) -> Verdict: ...
+
+    def threshold_at(self, max_false_hit_rate: float) -> float:
+        """The score a candidate needs at another error budget (for `semproxy eval`'s sweep)."""
+        ...
+
 
 class HitVerifier:
     """Rules first, then the model at the operating point of the error budget."""
@@ -82,11 +89,11 @@ class HitVerifier:
         chosen = next((i for i, v in enumerate(final) if v.accepted), None)
         return chosen, final
 
+    def threshold_at(self, max_false_hit_rate: float) -> float:
+        return self.model.threshold_for(max_false_hit_rate)
+
     def _by_rule(self, asked: PromptFacts, stored: PromptFacts) -> Verdict | None:
-        if asked.words == stored.words:  # the same words: only case, spacing or punctuation differ
-            return Verdict(accepted=True, score=1.0, reason="same words", by_rule=True)
-        reason = rule_rejection(asked, stored)
-        return None if reason is None else Verdict(accepted=False, score=0.0, reason=reason, by_rule=True)
+        return rule_verdict(asked, stored)
 
     def _by_score(self, score: float) -> Verdict:
         if score >= self.threshold:
@@ -98,3 +105,28 @@ class HitVerifier:
         """The model's score alone (no rules, no threshold)."""
         features = pair_vector(asked, asked_vector, stored, stored_vector, similarity, self.rarity)
         return float(self.model.score(features)[0])
+
+
+class RuleVerifier:
+    """The rules alone, for an embedder no model was fitted for (a sentence-transformers model of the
+    user's choice): the nearest candidate no rule rejects is served, so `similarity_threshold` does the rest."""
+
+    def choose(self, asked: PromptFacts, asked_vector: FloatArray,
+               candidates: Sequence[Candidate]) -> tuple[int | None, list[Verdict]]:
+        verdicts = [self.verify(asked, asked_vector, c.facts, c.vector, c.similarity) for c in candidates]
+        return next((i for i, v in enumerate(verdicts) if v.accepted), None), verdicts
+
+    def verify(self, asked: PromptFacts, asked_vector: FloatArray, stored: PromptFacts,
+               stored_vector: FloatArray, similarity: float) -> Verdict:
+        return rule_verdict(asked, stored) or Verdict(accepted=True, score=similarity, reason="no rule objects")
+
+    def threshold_at(self, max_false_hit_rate: float) -> float:
+        return 0.0  # no budget to trade: whatever the rules let through is served
+
+
+def rule_verdict(asked: PromptFacts, stored: PromptFacts) -> Verdict | None:
+    """Accept the same words, reject what a rule rejects; None: the rules cannot decide."""
+    if asked.words == stored.words:  # the same words: only case, spacing or punctuation differ
+        return Verdict(accepted=True, score=1.0, reason="same words", by_rule=True)
+    reason = rule_rejection(asked, stored)
+    return None if reason is None else Verdict(accepted=False, score=0.0, reason=reason, by_rule=True)

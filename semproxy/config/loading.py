@@ -75,6 +75,11 @@ def _coerce(field: dataclasses.Field[Any], value: Any) -> Any:
             return _to_bool(value)
         if kind.startswith("dict"):
             return json.loads(value) if isinstance(value, str) else dict(value)
+        if kind.startswith("tuple[str"):  # a TOML list, or words separated by commas or spaces
+            items = value.replace(",", " ").split() if isinstance(value, str) else value
+            if not isinstance(items, list | tuple):
+                raise TypeError("not a list")
+            return tuple(str(item) for item in items)
         if kind.startswith("int"):
             return int(value)
         if kind.startswith("float"):

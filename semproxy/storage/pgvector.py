@@ -12,7 +12,7 @@ its key until the answer is stored; the others see the lock taken and wait for t
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,12 +20,12 @@ import numpy as np
 from semproxy.errors import ConfigError
 from semproxy.storage.postgres import PostgresStorage
 from semproxy.storage.postgres_schema import MIGRATION_LOCK
-from semproxy.storage.records import CacheEntry, Candidates, NewEntry, Vector
+from semproxy.storage.records import CacheEntry, Candidates, NewEntry, Relocation, Unplaced, Vector
 from semproxy.storage.sql import ENTRY_COLUMNS
 
 _EVICTION_LOCK = 0x53454D45  # replicas evict one at a time
 _NEAREST = (f"SELECT {ENTRY_COLUMNS}, e.embedding, e.embedding <=> %b AS distance FROM semproxy_entries e "
-            "WHERE e.scope = %s AND e.embedding IS NOT NULL ORDER BY e.embedding <=> %b LIMIT %s")
+            "WHERE e.scope = %s AND e.space = %s AND e.embedding IS NOT NULL ORDER BY e.embedding <=> %b LIMIT %s")
 
 
 class PostgresEntries:
@@ -49,10 +49,10 @@ class PostgresEntries:
         with self.storage.transaction() as db:
             return self.queries.get_exact(db, key)
 
-    def nearest(self, scope: str, vector: Vector, k: int, *, min_similarity: float) -> Candidates:
+    def nearest(self, scope: str, space: str, vector: Vector, k: int, *, min_similarity: float) -> Candidates:
         query = np.asarray(vector, dtype=np.float32)
         with self.storage.transaction() as db:
-            rows = db.execute(_NEAREST, (query, scope, query, k), binary=True).fetchall()
+            rows = db.execute(_NEAREST, (query, scope, space, query, k), binary=True).fetchall()
         # relaxed_order may return the k rows slightly out of order: sort them again.
         found = [(self.queries.entry(row[:-1]), min(1.0, 1.0 - float(row[-1]))) for row in rows]
         found.sort(key=lambda pair: (-pair[1], pair[0].id))
@@ -92,6 +92,14 @@ class PostgresEntries:
 
     def maintain(self) -> None:
         """Nothing to do: PostgreSQL maintains the HNSW index as rows come and go (autovacuum cleans it)."""
+
+    def unplaced(self, is_current: Callable[[str], bool], *, after: int, limit: int) -> list[Unplaced]:
+        with self.storage.transaction() as db:
+            return self.queries.unplaced(db, is_current, after=after, limit=limit)
+
+    def relocate(self, moves: Sequence[Relocation]) -> None:
+        with self.storage.transaction() as db:
+            self.queries.relocate(db, moves)
 
     # ---------------------------------------------------------------- single flight across replicas
 

@@ -50,6 +50,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX semproxy_requests_ts ON semproxy_requests (ts);
     """,
+    # Each vector's space (model/language): entries from before have none and are re-embedded in the background.
+    """
+    ALTER TABLE semproxy_entries ADD COLUMN space text;
+    DROP INDEX semproxy_entries_scope;
+    CREATE INDEX semproxy_entries_scope ON semproxy_entries (scope, space);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

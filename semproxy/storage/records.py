@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 from semproxy.openai import Kind
 
 Vector = NDArray[np.float32]
-Removed = list[tuple[int, str]]  # (entry id, scope) of deleted entries, so a vector index can follow
+Removed = list[tuple[int, str, str | None]]  # (entry id, scope, space) of deleted entries, so an index can follow
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -37,6 +37,8 @@ class NewEntry:
     response: bytes  # the non-stream JSON form, whatever form the client asked for
     vector: Vector | None
     ttl_seconds: int  # 0 = never expires
+    # The vector's space (semproxy.cache.spaces); "" = none (exact hits only); None = not embedded yet
+    space: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -52,11 +54,29 @@ class CacheEntry:
     response: bytes
     created_at: float
     expires_at: float | None
+    space: str | None = None  # the vector's space: model and language (semproxy.cache.spaces)
     vector: Vector | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def expired(self, now: float) -> bool:
         """Whether the entry's TTL has run out."""
         return self.expires_at is not None and self.expires_at <= now
+
+
+Unplaced = tuple[int, str, str | None]  # (entry id, prompt, space) of an entry to re-embed
+
+
+def partition(scope: str, space: str | None) -> str:
+    """The part of the vector search a vector belongs to: its scope within its space."""
+    return f"{space or ''}\x1f{scope}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Relocation:
+    """An entry's new place after re-embedding: its space and vector, or none (exact hits only)."""
+
+    id: int
+    space: str
+    vector: Vector | None
 
 
 Candidates = list[tuple[CacheEntry, float]]  # (entry with its vector, cosine similarity), most similar first

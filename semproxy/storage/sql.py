@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
-from semproxy.storage.records import CacheEntry, NewEntry, Removed, Vector
+from semproxy.storage.records import CacheEntry, NewEntry, Relocation, Removed, Unplaced, Vector
 
 Connection = Any  # a DB-API connection: sqlite3's or psycopg's (both have .execute and .cursor)
 
@@ -42,7 +42,8 @@ class Dialect:
         return ", ".join([self.mark] * count)
 
 
-ENTRY_COLUMNS = "e.id, e.kind, e.tenant, e.scope, e.model, e.prompt, e.response, e.created_at, e.expires_at"
+ENTRY_COLUMNS = ("e.id, e.kind, e.tenant, e.scope, e.model, e.prompt, e.response, e.created_at, e.expires_at, "
+                 "e.space")
 
 
 class EntryQueries:
@@ -53,19 +54,20 @@ class EntryQueries:
         self._get_exact = d.sql("SELECT {columns} FROM {exact_keys} k JOIN {entries} e ON e.id = k.entry_id "
                                 "WHERE k.key = {p}", columns=ENTRY_COLUMNS)
         self._delete_key = d.sql("DELETE FROM {entries} WHERE id IN (SELECT entry_id FROM {exact_keys} "
-                                 "WHERE key = {p}) RETURNING id, scope")
+                                 "WHERE key = {p}) RETURNING id, scope, space")
         self._insert = d.sql("INSERT INTO {entries} (kind, tenant, scope, model, prompt, {vector}, response, "
-                             "created_at, expires_at, last_used_at) VALUES ({marks}) RETURNING id", marks=d.marks(10))
+                             "created_at, expires_at, last_used_at, space) VALUES ({marks}) RETURNING id",
+                             marks=d.marks(11))
         self._insert_key = d.sql("INSERT INTO {exact_keys} (key, entry_id) VALUES ({p}, {p})")
         # An alias of an entry that is gone points nowhere: the SELECT finds no row and nothing is written.
         self._alias = d.sql("INSERT INTO {exact_keys} (key, entry_id) SELECT {p}, id FROM {entries} WHERE id = {p} "
                             "ON CONFLICT (key) DO UPDATE SET entry_id = excluded.entry_id")
         self._touch = d.sql("UPDATE {entries} SET last_used_at = {greatest}(last_used_at, {p}) WHERE id = {p}")
         self._expired = d.sql("DELETE FROM {entries} WHERE expires_at IS NOT NULL AND expires_at <= {p} "
-                              "RETURNING id, scope")
+                              "RETURNING id, scope, space")
         self._count = d.sql("SELECT count(*) FROM {entries}")
         self._least_used = d.sql("DELETE FROM {entries} WHERE id IN (SELECT id FROM {entries} "
-                                 "ORDER BY last_used_at, id LIMIT {p}) RETURNING id, scope")
+                                 "ORDER BY last_used_at, id LIMIT {p}) RETURNING id, scope, space")
 
     # ---------------------------------------------------------------- reads
 
@@ -87,12 +89,12 @@ class EntryQueries:
         return int(db.execute(self._count).fetchone()[0])
 
     def entry(self, row: Sequence[Any]) -> CacheEntry:
-        """A row of ENTRY_COLUMNS, with the vector as a tenth column if it was selected."""
-        vector = row[9] if len(row) > 9 else None
+        """A row of ENTRY_COLUMNS, with the vector as an eleventh column if it was selected."""
+        vector = row[10] if len(row) > 10 else None
         return CacheEntry(
             id=int(row[0]), kind=row[1], tenant=row[2], scope=row[3], model=row[4], prompt=row[5],
             response=bytes(row[6]), created_at=float(row[7]), expires_at=None if row[8] is None else float(row[8]),
-            vector=None if vector is None else self.dialect.from_vector(vector),
+            space=row[9], vector=None if vector is None else self.dialect.from_vector(vector),
         )
 
     # ---------------------------------------------------------------- writes
@@ -104,7 +106,7 @@ class EntryQueries:
         expires = now + entry.ttl_seconds if entry.ttl_seconds > 0 else None
         vector = None if entry.vector is None else self.dialect.to_vector(entry.vector)
         entry_id = int(db.execute(self._insert, (key.kind, key.tenant, key.scope, key.model, key.prompt, vector,
-                                                 entry.response, now, expires, now)).fetchone()[0])
+                                                 entry.response, now, expires, now, entry.space)).fetchone()[0])
         db.execute(self._insert_key, (key.exact, entry_id))
         return entry_id, removed
 
@@ -139,13 +141,38 @@ class EntryQueries:
     def delete_tenants(self, db: Connection, tenants: Collection[str] | None) -> Removed:
         """Remove every entry (None), or those of these tenants."""
         if tenants is None:
-            return _removed(db.execute(self.dialect.sql("DELETE FROM {entries} RETURNING id, scope")))
+            return _removed(db.execute(self.dialect.sql("DELETE FROM {entries} RETURNING id, scope, space")))
         if not tenants:
             return []
-        sql = self.dialect.sql("DELETE FROM {entries} WHERE tenant IN ({marks}) RETURNING id, scope",
+        sql = self.dialect.sql("DELETE FROM {entries} WHERE tenant IN ({marks}) RETURNING id, scope, space",
                                marks=self.dialect.marks(len(tenants)))
         return _removed(db.execute(sql, sorted(tenants)))
 
 
+    # ---------------------------------------------------------------- re-embedding
+
+    def unplaced(self, db: Connection, is_current: Callable[[str], bool], *, after: int,
+                 limit: int) -> list[Unplaced]:
+        """Up to `limit` entries past id `after` with a prompt but no current space (stored before spaces
+        existed, or under a model or route no longer configured): (id, prompt, space), in id order."""
+        spaces = [row[0] for row in db.execute(self.dialect.sql(
+            "SELECT DISTINCT space FROM {entries} WHERE space IS NOT NULL")).fetchall()]
+        stale = sorted(s for s in spaces if s != "" and not is_current(s))
+        condition = "space IS NULL" + (f" OR space IN ({self.dialect.marks(len(stale))})" if stale else "")
+        sql = self.dialect.sql("SELECT id, prompt, space FROM {entries} WHERE id > {p} AND prompt IS NOT NULL "
+                               "AND (" + condition + ") ORDER BY id LIMIT {p}")
+        return [(int(r[0]), str(r[1]), r[2]) for r in db.execute(sql, [after, *stale, limit]).fetchall()]
+
+    def relocate(self, db: Connection, moves: Sequence[Relocation]) -> None:
+        """Give re-embedded entries their new space and vector ("" and no vector: exact hits only)."""
+        sql = self.dialect.sql("UPDATE {entries} SET space = {p}, {vector} = {p} WHERE id = {p}")
+        cursor = db.cursor()
+        try:
+            cursor.executemany(sql, [(m.space, None if m.vector is None else self.dialect.to_vector(m.vector), m.id)
+                                     for m in moves])
+        finally:
+            cursor.close()
+
+
 def _removed(cursor: Any) -> Removed:
-    return [(int(row[0]), str(row[1])) for row in cursor.fetchall()]
+    return [(int(row[0]), str(row[1]), row[2]) for row in cursor.fetchall()]

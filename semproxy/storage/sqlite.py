@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from semproxy.storage.records import CacheEntry, NewEntry, Removed, Vector
+from semproxy.storage.records import CacheEntry, NewEntry, Relocation, Removed, Unplaced, Vector
 from semproxy.storage.requests import LogQueries
 from semproxy.storage.sql import Dialect, EntryQueries
 from semproxy.storage.sqlite_schema import CACHE, COMPRESSIONS, FILES, LOG, migrate
@@ -162,14 +162,24 @@ class SqliteStorage:
         with self.transaction(CACHE) as db:
             return self.entries.sweep(db, now=now, keep=keep, used=used)
 
-    def iter_vectors(self, *, now: float, batch: int = 4096) -> Iterator[tuple[list[int], list[str], Vector]]:
-        """Every live entry's id, scope and vector, in batches, in id order (to rebuild the index at start)."""
+    def iter_vectors(self, *, now: float,
+                     batch: int = 4096) -> Iterator[tuple[list[int], list[tuple[str, str]], Vector]]:
+        """Every live entry's id, (scope, space) and vector, in batches, in id order (to rebuild the index)."""
         cursor = self.connection(CACHE).execute(
-            "SELECT id, scope, vector FROM entries WHERE vector IS NOT NULL "
+            "SELECT id, scope, space, vector FROM entries WHERE vector IS NOT NULL AND space IS NOT NULL "
             "AND (expires_at IS NULL OR expires_at > ?) ORDER BY id", (now,))
         while rows := cursor.fetchmany(batch):
-            vectors = np.vstack([np.frombuffer(row[2], dtype=np.float32) for row in rows])
-            yield [row[0] for row in rows], [row[1] for row in rows], vectors
+            vectors = np.vstack([np.frombuffer(row[3], dtype=np.float32) for row in rows])
+            yield [row[0] for row in rows], [(row[1], row[2]) for row in rows], vectors
+
+    def unplaced(self, is_current: Callable[[str], bool], *, after: int, limit: int) -> list[Unplaced]:
+        """Entries to re-embed (see EntryQueries.unplaced)."""
+        return self.entries.unplaced(self.connection(CACHE), is_current, after=after, limit=limit)
+
+    def relocate(self, moves: Sequence[Relocation]) -> None:
+        """Store re-embedded entries' spaces and vectors in one transaction."""
+        with self.transaction(CACHE) as db:
+            self.entries.relocate(db, moves)
 
     # ---------------------------------------------------------------- compressions
 

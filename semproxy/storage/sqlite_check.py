@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from semproxy.openai import BadJSON, is_complete_response, loads
-from semproxy.storage.records import Vector
+from semproxy.storage.records import Vector, partition
 from semproxy.storage.sqlite import SqliteStorage, connect
 from semproxy.storage.sqlite_schema import CACHE, FILES
 
@@ -78,14 +78,16 @@ def _incomplete(db: sqlite3.Connection) -> list[str]:
 
 
 def stored_vectors(storage: SqliteStorage) -> tuple[list[tuple[int, str, Vector]], list[str]]:
-    """Every entry's (id, scope, vector), in id order, unless their sizes differ or are impossible; problems."""
+    """Every entry's (id, partition, vector), in id order, unless their sizes differ or are impossible; problems."""
     db = connect(storage.path(CACHE), read_only=True)
     try:
         sizes = sorted(int(row[0]) for row in db.execute(
             "SELECT DISTINCT length(vector) FROM entries WHERE vector IS NOT NULL"))
         if len(sizes) > 1 or any(size % 4 for size in sizes):
             return [], [f"vectors of different or impossible sizes: {sizes} bytes"]
-        rows = db.execute("SELECT id, scope, vector FROM entries WHERE vector IS NOT NULL ORDER BY id").fetchall()
+        rows = db.execute("SELECT id, scope, space, vector FROM entries WHERE vector IS NOT NULL "
+                          "ORDER BY id").fetchall()
     finally:
         db.close()
-    return [(int(i), str(scope), np.frombuffer(blob, dtype=np.float32)) for i, scope, blob in rows], []
+    return [(int(i), partition(scope, space), np.frombuffer(blob, dtype=np.float32))
+            for i, scope, space, blob in rows], []

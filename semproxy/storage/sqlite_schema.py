@@ -56,6 +56,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(COMPRESSIONS, """
         CREATE TABLE IF NOT EXISTS compressions (key TEXT PRIMARY KEY, result TEXT NOT NULL, created_at REAL NOT NULL);
     """),
+    # Each vector's space (model/language): entries from before have none and are re-embedded in the background.
+    Migration(CACHE, """
+        ALTER TABLE entries ADD COLUMN space TEXT;
+    """),
 )
 
 

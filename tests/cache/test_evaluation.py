@@ -65,6 +65,7 @@ def test_scores_follow_the_floor_the_rules_and_the_model() -> None:
     assert scores[0] == evaluation.REJECTED  # the numbers rule, whatever the budget
     assert scores[1] > 0.5
     labels = np.asarray([p.same_meaning for p in pairs])
-    points = evaluation.budget_sweep(scores, labels, verifier, [0.05, 0.001])
+    routed = evaluation.RoutedScores(cosines, scores, ["model"] * len(pairs))
+    points = evaluation.budget_sweep(routed, labels, {"model": verifier}, [0.05, 0.001])
     assert [p.served for p in points] == [0, 1]  # budget 0.001 serves nothing, 0.05 serves the rewording
     assert points[1].precision == 1.0 and points[1].recall == 1.0 and points[1].false_hit_rate == 0.0

@@ -16,7 +16,7 @@ from semproxy.storage.sqlite import SqliteStorage
 def _entry(prompt: str, *, tenant: str = "t", ttl: int = 0, vector: np.ndarray | None = None) -> NewEntry:
     body = {"model": "m", "messages": [{"role": "user", "content": prompt}]}
     return NewEntry(key=make_key("chat", body, tenant=tenant), response=prompt.encode(), vector=vector,
-                    ttl_seconds=ttl)
+                    space=None if vector is None else "hashing/en", ttl_seconds=ttl)
 
 
 def test_put_get_replace_and_alias(tmp_path: Path) -> None:
@@ -25,7 +25,7 @@ def test_put_get_replace_and_alias(tmp_path: Path) -> None:
     assert removed == []
     entry = _entry("a")
     second_id, removed = store.put_entry(entry, now=2.0)  # the same key replaces the old entry
-    assert removed == [(first_id, entry.key.scope)]
+    assert removed == [(first_id, entry.key.scope, None)]
     found = store.get_entry(entry.key.exact)
     assert found is not None and found.id == second_id and found.created_at == 2.0
     store.alias("another-key", second_id)
@@ -40,9 +40,9 @@ def test_sweep_expires_touches_and_evicts_and_reports_what_went(tmp_path: Path) 
     ids = [store.put_entry(_entry(p, tenant=t, ttl=ttl), now=10.0)[0]
            for p, t, ttl in [("a", "t1", 5), ("b", "t1", 0), ("c", "t2", 0), ("d", "t2", 0)]]
     removed, left = store.sweep(now=16.0, keep=10, used={})
-    assert [i for i, _ in removed] == [ids[0]] and left == 3
+    assert [i for i, _, _ in removed] == [ids[0]] and left == 3
     removed, left = store.sweep(now=16.0, keep=2, used={ids[1]: 20.0})
-    assert [i for i, _ in removed] == [ids[2]] and left == 2  # c is now the least recently used
+    assert [i for i, _, _ in removed] == [ids[2]] and left == 2  # c is now the least recently used
     assert store.clear_entries(tenants={"t2"}) == 1
     assert store.count_entries() == 1
 
@@ -53,8 +53,8 @@ def test_entries_and_salt_persist(tmp_path: Path) -> None:
     entry_id, _ = store.put_entry(entry, now=1.0)
     reopened = SqliteStorage(tmp_path)
     assert reopened.tenant_salt() == store.tenant_salt()
-    [(ids, scopes, vectors)] = list(reopened.iter_vectors(now=2.0))
-    assert ids == [entry_id] and scopes == [entry.key.scope]
+    [(ids, places, vectors)] = list(reopened.iter_vectors(now=2.0))
+    assert ids == [entry_id] and places == [(entry.key.scope, "hashing/en")]
     assert vectors.tolist() == [[0.0, 1.0, 2.0, 3.0]]
 
 

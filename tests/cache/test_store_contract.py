@@ -54,12 +54,15 @@ def _near(vector: np.ndarray, seed: int, noise: float) -> np.ndarray:
     return (moved / np.linalg.norm(moved)).astype(np.float32)
 
 
+SPACE = "hashing/en"
+
+
 def _entry(prompt: str, *, tenant: str = "t", ttl: int = 0, vector: np.ndarray | None = None,
            system: str = "") -> NewEntry:
     messages = [{"role": "system", "content": system}] if system else []
     body = {"model": "m", "messages": [*messages, {"role": "user", "content": prompt}]}
     return NewEntry(key=make_key("chat", body, tenant=tenant), response=prompt.encode(), vector=vector,
-                    ttl_seconds=ttl)
+                    ttl_seconds=ttl, space=None if vector is None else SPACE)
 
 
 def _everything(store: EntryStore) -> int:
@@ -93,15 +96,15 @@ def test_nearest_searches_one_scope_and_returns_vectors(open_store: Opener) -> N
     store.put(_entry("no vector"), now=1.0)
     store.put(_entry("other scope", vector=elsewhere, system="another system prompt"), now=1.0)
     scope = _entry("x").key.scope
-    found = store.nearest(scope, base, 4, min_similarity=0.0)
+    found = store.nearest(scope, SPACE, base, 4, min_similarity=0.0)
     assert [e.prompt for e, _ in found] == ["close", "far"]
     (best, similarity), (_, farther) = found
     assert similarity == pytest.approx(float(close @ base), abs=1e-4) and farther < similarity <= 1.0
     assert best.vector is not None and np.allclose(best.vector, close, atol=1e-6)  # the hit verifier needs it
-    assert [e.prompt for e, _ in store.nearest(scope, base, 4, min_similarity=(similarity + farther) / 2)] \
+    assert [e.prompt for e, _ in store.nearest(scope, SPACE, base, 4, min_similarity=(similarity + farther) / 2)] \
         == ["close"]
-    assert [e.prompt for e, _ in store.nearest(scope, base, 1, min_similarity=0.0)] == ["close"]
-    assert store.nearest("no-such-scope", base, 4, min_similarity=0.0) == []
+    assert [e.prompt for e, _ in store.nearest(scope, SPACE, base, 1, min_similarity=0.0)] == ["close"]
+    assert store.nearest("no-such-scope", SPACE, base, 4, min_similarity=0.0) == []
 
 
 def test_expiry_lru_eviction_and_tenant_clear(open_store: Opener) -> None:
@@ -117,7 +120,7 @@ def test_expiry_lru_eviction_and_tenant_clear(open_store: Opener) -> None:
     assert storage.clear_entries(tenants={"t2"}) == 1
     assert storage.count_entries() == 1
     scope = entries[0].key.scope
-    assert [e.prompt for e, _ in store.nearest(scope, _unit(3), 4, min_similarity=-1.0)] == ["b"]
+    assert [e.prompt for e, _ in store.nearest(scope, SPACE, _unit(3), 4, min_similarity=-1.0)] == ["b"]
 
 
 def test_entries_salt_and_vectors_persist_across_processes(open_store: Opener) -> None:
@@ -128,7 +131,7 @@ def test_entries_salt_and_vectors_persist_across_processes(open_store: Opener) -
     assert second.salt == first.salt and len(first.salt) == 32
     found = second.get(entry.key.exact)
     assert found is not None and found.response == b"persist me"
-    [(hit, similarity)] = second.nearest(entry.key.scope, _unit(5), 4, min_similarity=0.9)
+    [(hit, similarity)] = second.nearest(entry.key.scope, SPACE, _unit(5), 4, min_similarity=0.9)
     assert hit.id == found.id and similarity == pytest.approx(1.0, abs=1e-5)
 
 

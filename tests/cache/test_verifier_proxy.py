@@ -2,7 +2,7 @@
 
 import pytest
 
-from semproxy.cache.embedder import SentenceTransformerEmbedder
+from semproxy.cache.onnx_minilm import OnnxMiniLM
 from semproxy.config import Settings
 from tests.fakes import FakeOpenAI
 
@@ -10,8 +10,8 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def minilm() -> SentenceTransformerEmbedder:
-    return SentenceTransformerEmbedder(Settings().embedding_model)
+def minilm() -> OnnxMiniLM:
+    return OnnxMiniLM()
 
 
 @pytest.fixture
