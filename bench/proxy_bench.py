@@ -12,11 +12,13 @@ threads slow the next process's forward pass and the comparison measures that):
     exact         a repeated prompt
     semantic      a reworded question (bench/rewordings.py), served through the hit verifier at its
                   default settings; each reworded prompt is sent once (a second time would be an exact hit)
-    embed         one forward pass of the same model in this process on the semantic scenario's text
+    embed         one forward pass of full-precision MiniLM in this process on the semantic scenario's text
     embed_miss    the same on the miss scenario's text (real ShareGPT prompts, longer)
+    embed_int8    the semantic scenario's text through the int8 ONNX MiniLM semproxy runs for English
     litellm_*     LiteLLM's proxy, pass-through and with its in-memory cache (if bench/rivals is installed)
 
 Then throughput of semantic hits at concurrency 1 and 32 (micro-batching), and GPTCache's semantic lookup.
+`targets` says which of the English path's targets this run met (ratios to the full-precision pass).
 
 Every scenario is checked for the outcome it measures before anything is written: each request's
 X-Semproxy-Cache header (exact, miss, bypass; semantic for at least 95 %), no error and no non-2xx answer
@@ -128,7 +130,7 @@ def _post(client: httpx.Client, base: str, body: dict[str, Any], headers: dict[s
 
 
 def _scenarios(client: httpx.Client, upstream: str, proxy: Proxy, rivals: dict[str, str],
-               embed: Callable[[str], None], fresh: list[str], semantic: list[tuple[int, str]]) -> list[Scenario]:
+               embed: Passes, fresh: list[str], semantic: list[tuple[int, str]]) -> list[Scenario]:
     def question(i: int) -> str:
         return QUESTIONS[i % len(QUESTIONS)]
 
@@ -136,8 +138,9 @@ def _scenarios(client: httpx.Client, upstream: str, proxy: Proxy, rivals: dict[s
         Scenario("direct", lambda i: _post(client, upstream, _chat(question(i)), {}), "-"),
         Scenario("bypass", lambda i: proxy.post(question(i), **{"cache-control": "no-store"}), "bypass"),
         *_hot_paths(proxy, "", fresh, semantic),
-        Scenario("embed", lambda i: embed(semantic[i][1]), "-"),  # the semantic scenario's text
-        Scenario("embed_miss", lambda i: embed(fresh[i]), "-"),  # the miss scenario's text
+        Scenario("embed", lambda i: embed.full(semantic[i][1]), "-"),  # the semantic scenario's text
+        Scenario("embed_miss", lambda i: embed.full(fresh[i]), "-"),  # the miss scenario's text
+        Scenario("embed_int8", lambda i: embed.int8(semantic[i][1]), "-"),  # the model semproxy runs for English
     ]
     for name, base in rivals.items():
         scenarios.append(Scenario(name, lambda i, base=base: _post(client, base, _chat(question(i)), {}), "-"))
@@ -162,16 +165,22 @@ def _fresh_prompts() -> list[str]:
         return list(dict.fromkeys(p for p in prompts if 40 <= len(p) <= 300))
 
 
-def _load_embedder() -> Callable[[str], None]:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from semproxy.cache.embedder import SentenceTransformerEmbedder
+class Passes:
+    """One forward pass of MiniLM in this process: full precision (torch, the yardstick of the targets) and
+    the int8 ONNX graph semproxy runs for English prompts."""
 
-    embedder = SentenceTransformerEmbedder()
+    def __init__(self) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from semproxy.cache.embedder import SentenceTransformerEmbedder
+        from semproxy.cache.onnx_minilm import OnnxMiniLM
 
-    def embed(text: str) -> None:
-        embedder.embed([text])
+        self._full, self._int8 = SentenceTransformerEmbedder(), OnnxMiniLM()
 
-    return embed
+    def full(self, text: str) -> None:
+        self._full.embed([text])
+
+    def int8(self, text: str) -> None:
+        self._int8.embed([text])
 
 
 def _summary(ms: list[float]) -> dict[str, float]:
@@ -255,7 +264,7 @@ def run(args: argparse.Namespace, checks: Checks) -> dict[str, Any]:
         _seed(checks, "current", proxy, tenants=semantic[-1][0] + 1)
         rivals = {} if args.no_rivals else _start_rivals(stack, upstream)
         fresh = _fresh_prompts()
-        scenarios = _scenarios(client, upstream, proxy, rivals, _load_embedder(), fresh, semantic)
+        scenarios = _scenarios(client, upstream, proxy, rivals, Passes(), fresh, semantic)
         baseline = _start_baseline(stack, args.baseline, folder, upstream, client) if args.baseline else None
         if baseline is not None:  # only the interleaved scenarios run there, so fewer tenants may do
             _seed(checks, "baseline", baseline.proxy, tenants=semantic[args.requests + WARMUP - 1][0] + 1)
@@ -269,13 +278,15 @@ def run(args: argparse.Namespace, checks: Checks) -> dict[str, Any]:
     for result in (c1, cn):
         _check_throughput(checks, result)
     latency = {s.name: {**_summary(s.ms), "outcomes": dict(s.outcomes)} for s in scenarios}
+    speedup = round(cn["requests_per_second"] / c1["requests_per_second"], 2)
     return {
         "date": datetime.date.today().isoformat(), "cpu_count": os.cpu_count(),
         "semantic_prompts": {"distinct": len(semantic), "tenants": semantic[-1][0] + 1,
                              "made_by": "bench/rewordings.py"},
         "latency": latency,
         "throughput": {"c1": c1, f"c{args.concurrency}": cn,
-                       "speedup": round(cn["requests_per_second"] / c1["requests_per_second"], 2)},
+                       "speedup": speedup},
+        "targets": _targets(latency, speedup),
         "gptcache_lookup": None if args.no_rivals else _gptcache(),
         **({"baseline": _compare(latency, baseline.ref, baseline.commit)} if baseline else {}),
     }
@@ -324,6 +335,26 @@ def _compare(latency: dict[str, Any], ref: str, commit: str) -> dict[str, Any]:
     return {"ref": ref, "commit": commit, "p50": rows}
 
 
+def _targets(latency: dict[str, Any], speedup: float) -> dict[str, Any]:
+    """Issue 13's targets for the English path, each from figures of this one run: met or not, with the
+    figures. "A full pass" is one forward pass of full-precision MiniLM in this process on the same text."""
+    def p50(name: str) -> float:
+        return float(latency[name]["p50_ms"])
+
+    def row(value: float, limit: float, rule: str) -> dict[str, Any]:
+        return {"value": round(value, 3), "limit": round(limit, 3), "rule": rule, "met": value <= limit}
+
+    return {
+        "semantic_hit": row(p50("semantic") / p50("embed"), 0.6, "semantic p50 / full pass p50 <= 0.6"),
+        "miss_added_ms": row(p50("miss") - p50("direct"), 0.6 * p50("embed_miss") + 2.0,
+                             "miss p50 - direct p50 <= 0.6 x full pass on the miss's text + 2 ms"),
+        "exact_ms": row(p50("exact"), 2.0, "exact hit p50 <= 2 ms"),
+        "pass_through_added_ms": row(p50("bypass") - p50("direct"), 2.0, "bypass p50 - direct p50 <= 2 ms"),
+        "throughput": {"value": speedup, "limit": 2.0, "rule": "semantic hits/s at concurrency 32 >= 2x at 1",
+                       "met": speedup >= 2.0},
+    }
+
+
 def _start_rivals(stack: contextlib.ExitStack, upstream: str) -> dict[str, str]:
     if not litellm_proxy.RIVALS_VENV.joinpath("bin", "litellm").exists():
         print("LiteLLM is not installed (bash bench/rivals/install.sh); skipping rivals", file=sys.stderr)
@@ -340,7 +371,7 @@ def _print(results: dict[str, Any]) -> None:
     for name, row in latency.items():
         print(f"{name:<22}{row['p50_ms']:>9.2f}{row['p95_ms']:>9.2f}{row['p50_ms'] - direct:>14.2f}"
               f"{row['p50_ms'] / embed:>13.2f}  {row['outcomes']}")
-    shown = ("throughput", "gptcache_lookup", "baseline")
+    shown = ("throughput", "targets", "gptcache_lookup", "baseline")
     print(json.dumps({key: results[key] for key in shown if key in results}, indent=2))
 
 

@@ -102,3 +102,23 @@ def test_a_tenant_is_erased_from_the_shared_store_too(pg_url: str, tmp_path: Pat
             assert db.execute("SELECT tenant FROM semproxy_requests").fetchall() == [(tenants["sk-alice"],)]
     finally:
         storage.close()
+
+
+def test_a_shared_store_of_the_first_schema_keeps_its_entries_for_re_embedding(pg_url: str) -> None:
+    import psycopg
+
+    from semproxy.storage.postgres_schema import MIGRATIONS as PG_MIGRATIONS
+    from semproxy.storage.postgres_schema import SCHEMA_VERSION
+    from semproxy.storage.postgres_schema import migrate as pg_migrate
+
+    with psycopg.connect(pg_url, autocommit=True) as db:  # a database an older release made
+        db.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        db.execute("CREATE TABLE semproxy_schema_version (version integer PRIMARY KEY, "
+                   "applied_at timestamptz NOT NULL DEFAULT now())")
+        db.execute(PG_MIGRATIONS[0])
+        db.execute("INSERT INTO semproxy_schema_version (version) VALUES (1)")
+        db.execute("INSERT INTO semproxy_entries (kind, tenant, scope, model, prompt, embedding, response, "
+                   "created_at, last_used_at) VALUES ('chat', 't', 's', 'm', 'p', '[1,0,0]', '\\x7b7d', 1, 1)")
+    assert pg_migrate(pg_url) == (1, SCHEMA_VERSION)
+    with psycopg.connect(pg_url) as db:
+        assert db.execute("SELECT prompt, space FROM semproxy_entries").fetchall() == [("p", None)]
