@@ -34,7 +34,7 @@ class OnnxMiniLM:
             raise ConfigError("the int8 MiniLM embedder needs onnxruntime and tokenizers") from exc
         tokenizer = Tokenizer.from_file(str(minilm_folder() / "tokenizer.json"))
         tokenizer.no_padding()  # the shipped file pads every text to 128 tokens: 3x the work for short prompts
-        tokenizer.no_truncation()  # `fits` refuses long texts instead of embedding a cut-off one
+        tokenizer.enable_truncation(MAX_TOKENS)  # as sentence-transformers cuts; the proxy asks `fits` first
         self._tokenizer: Any = tokenizer
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
@@ -56,7 +56,7 @@ class OnnxMiniLM:
     def fits(self, text: str) -> bool:
         if len(text) <= MAX_TOKENS - 2:  # a word piece covers at least one character, [CLS] and [SEP] add two
             return True
-        return len(self._tokenizer.encode(text).ids) <= MAX_TOKENS
+        return not self._tokenizer.encode(text).overflowing  # what the cut at MAX_TOKENS would drop
 
 
 def _model_file() -> Path:
