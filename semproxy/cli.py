@@ -248,10 +248,13 @@ def _cache_info(settings: Settings, _: argparse.Namespace) -> int:
 
     storage = build_storage(settings)
     try:
-        count = storage.count_entries()
+        count, spaces = storage.count_entries(), storage.count_by_space()
     finally:
         storage.close()
     print(f"{count} entries in {_redacted(settings.store) if settings.store else settings.db_path}")
+    names = {None: "waiting to be embedded", "": "exact hits only"}
+    for space, n in sorted(spaces.items(), key=lambda item: (item[0] is None, item[0] or "")):
+        print(f"  {names.get(space, space)}: {n}")
     return 0
 
 

@@ -157,7 +157,8 @@ async def test_healthz_waits_for_the_models(make_proxy) -> None:  # type: ignore
     await proxy.cache.start()
     health = await proxy.client.get("/healthz")
     assert health.status_code == 200
-    assert health.json() == {"status": "ok", "semantic": True, "problems": [], "compression": "off"}
+    assert health.json() == {"status": "ok", "semantic": True, "embedders": ["hashing"], "problems": [],
+                             "compression": "off"}
 
 
 async def test_unknown_paths_get_an_openai_shaped_404(proxy: Proxy) -> None:

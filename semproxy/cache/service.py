@@ -161,7 +161,8 @@ class SemanticCache:
         if not self.ready:
             return 503, {"status": "loading"}
         status = "degraded" if self.problems else "ok"
-        return 200, {"status": status, "semantic": self.semantic_ready, "problems": self.problems}
+        return 200, {"status": status, "semantic": self.semantic_ready, "embedders": sorted(self._embedders),
+                     "problems": self.problems}
 
     def _spawn(self, coroutine: Any, *, write: bool = False) -> None:
         """Run in the background: writes are awaited by close(), everything else is cancelled."""

@@ -48,6 +48,10 @@ class Storage(Protocol):
         """How many cache entries exist."""
         ...
 
+    def count_by_space(self) -> dict[str | None, int]:
+        """Cache entries per vector space ("": exact hits only; None: not embedded yet)."""
+        ...
+
     def clear_entries(self, *, tenants: Collection[str] | None = None) -> int:
         """Remove every cache entry, or those of these tenants."""
         ...

@@ -190,6 +190,11 @@ class PostgresStorage:
         with self.transaction() as db:
             return self.entries.count(db)
 
+    def count_by_space(self) -> dict[str | None, int]:
+        """Cache entries per vector space (see EntryQueries.count_by_space)."""
+        with self.transaction() as db:
+            return self.entries.count_by_space(db)
+
     def clear_entries(self, *, tenants: Collection[str] | None = None) -> int:
         """Remove every cache entry, or those of these tenants, for every replica."""
         with self.transaction() as db:

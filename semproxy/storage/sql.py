@@ -88,6 +88,11 @@ class EntryQueries:
         """How many entries exist."""
         return int(db.execute(self._count).fetchone()[0])
 
+    def count_by_space(self, db: Connection) -> dict[str | None, int]:
+        """Entries per space ("": exact hits only; None: not embedded yet)."""
+        sql = self.dialect.sql("SELECT space, count(*) FROM {entries} GROUP BY space")
+        return {row[0]: int(row[1]) for row in db.execute(sql).fetchall()}
+
     def entry(self, row: Sequence[Any]) -> CacheEntry:
         """A row of ENTRY_COLUMNS, with the vector as an eleventh column if it was selected."""
         vector = row[10] if len(row) > 10 else None

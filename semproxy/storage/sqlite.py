@@ -213,6 +213,10 @@ class SqliteStorage:
         """How many cache entries exist."""
         return self.entries.count(self.connection(CACHE))
 
+    def count_by_space(self) -> dict[str | None, int]:
+        """Cache entries per vector space (see EntryQueries.count_by_space)."""
+        return self.entries.count_by_space(self.connection(CACHE))
+
     def clear_entries(self, *, tenants: Collection[str] | None = None) -> int:
         """Remove every cache entry, or those of these tenants (a running proxy drops them from its index
         when it next finds them)."""
