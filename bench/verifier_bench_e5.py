@@ -35,7 +35,7 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import verifier_bench as vb
+import threshold_sweep as sweep
 import verifier_data_e5 as vd5
 
 from bench.common import Checks, provenance, run_main, write_results
@@ -71,11 +71,14 @@ def served(d: vd5.Dataset, rows: npt.NDArray[np.intp], vectors: npt.NDArray[np.f
     return out
 
 
-def minilm_vectors(d: vd5.Dataset, rows: npt.NDArray[np.intp]) -> npt.NDArray[np.float32]:
+def minilm_vectors(d: vd5.Dataset, rows: npt.NDArray[np.intp], loader: sweep.ModelLoader) -> npt.NDArray[np.float32]:
     """All-MiniLM-L6-v2 vectors of the texts of `rows` (others stay zero), cached like the English benches."""
     ids = np.unique(np.concatenate([d.left[rows], d.right[rows]]))
+    pairs = sweep.PairSet(f"{d.name}-heldout", [])
+    for i in ids:
+        pairs._text_id(d.texts[i])
     vectors = np.zeros((len(d.texts), 384), dtype=np.float32)
-    vectors[ids] = vb.embed_texts(f"{d.name}-heldout", [d.texts[i] for i in ids])
+    vectors[ids] = sweep.embed(pairs, loader, use_cache=True)[0].astype(np.float32)
     return vectors
 
 
@@ -119,7 +122,8 @@ def main() -> None:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     origin = provenance()
     datasets = vd5.load_all()
-    minilm = {d.name: minilm_vectors(d, d.rows("heldout")) for d in datasets}
+    loader = sweep.ModelLoader()
+    minilm = {d.name: minilm_vectors(d, d.rows("heldout"), loader) for d in datasets}
     policies: list[tuple[str, HitVerifier | None]] = [
         *((f"e5 + verifier, budget {b:.0%}", HitVerifier.packaged(max_false_hit_rate=b, space="e5")) for b in BUDGETS),
         ("e5 cosine only", None),
