@@ -1,7 +1,8 @@
 """The hit verifier's learned part: pair features, word rarity, and gradient-boosted trees walked in numpy.
 
-The fitted trees, the rarity table and the calibration curve ship in `semproxy/cache/data/`;
-`bench/calibrate_verifier.py` reproduces them.
+The fitted trees, the rarity table and the calibration curve ship in `semproxy/cache/data/`, one set per
+embedding space (pairs embedded by another model need a model fitted on that model's vectors):
+`bench/calibrate_verifier.py` reproduces the `minilm` files, `bench/calibrate_verifier_e5.py` the `e5` ones.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from semproxy.cache.text import PromptFacts
 FloatArray = NDArray[np.float32]
 MODEL_FILE = "verifier_model.npz"
 IDF_FILE = "verifier_idf.json.gz"
+# Embedding space -> (model file, rarity file): all-MiniLM-L6-v2 (English) and multilingual-e5-small.
+SPACE_FILES = {"minilm": (MODEL_FILE, IDF_FILE), "e5": ("verifier_model_e5.npz", "verifier_idf_e5.json.gz")}
 HAND_FEATURES = (
     "cosine", "content_jaccard", "bigram_jaccard", "shared_order", "word_lcs", "rare_overlap",
     "rare_only_max", "rare_only_min", "numbers_differ", "negations_differ", "entities_only_max",
@@ -44,11 +47,18 @@ class WordRarity:
         return self.idf.get(word, self.unknown)
 
     @classmethod
-    def packaged(cls) -> WordRarity:
-        """The table fitted by bench/calibrate_verifier.py."""
-        raw = resources.files("semproxy.cache").joinpath("data", IDF_FILE).read_bytes()
+    def packaged(cls, *, space: str = "minilm") -> WordRarity:
+        """The table that ships for the embedding space `space` (see SPACE_FILES)."""
+        raw = resources.files("semproxy.cache").joinpath("data", space_files(space)[1]).read_bytes()
         table: dict[str, Any] = json.loads(gzip.decompress(raw))
         return cls(table["idf"], table["unknown"])
+
+
+def space_files(space: str) -> tuple[str, str]:
+    """The (model, rarity) file names of an embedding space; a ValueError names the known spaces."""
+    if space not in SPACE_FILES:
+        raise ValueError(f"no verifier for embedding space {space!r}; known: {', '.join(sorted(SPACE_FILES))}")
+    return SPACE_FILES[space]
 
 
 def hand_features(asked: PromptFacts, stored: PromptFacts, similarity: float, rarity: WordRarity) -> list[float]:
@@ -177,7 +187,7 @@ class PairModel:
         return cls(**values)
 
     @classmethod
-    def packaged(cls) -> PairModel:
-        """The model fitted by bench/calibrate_verifier.py."""
-        with resources.files("semproxy.cache").joinpath("data", MODEL_FILE).open("rb") as f:
+    def packaged(cls, *, space: str = "minilm") -> PairModel:
+        """The model that ships for the embedding space `space` (see SPACE_FILES)."""
+        with resources.files("semproxy.cache").joinpath("data", space_files(space)[0]).open("rb") as f:
             return cls.load(f)

@@ -11,7 +11,9 @@ need different answers. So a semantic candidate passes two checks before it is s
    configured error budget (`max_false_hit_rate`) on calibration data.
 
 The model's weights, the word rarity table and the calibration curve ship with the package
-(`semproxy/cache/data/`); `bench/calibrate_verifier.py` reproduces them from the evaluation data.
+(`semproxy/cache/data/`), one set per embedding space: `minilm` (English, all-MiniLM-L6-v2), reproduced by
+`bench/calibrate_verifier.py`, and `e5` (the other languages, multilingual-e5-small), reproduced by
+`bench/calibrate_verifier_e5.py`.
 """
 
 
@@ -61,8 +63,10 @@ class HitVerifier:
         self.threshold = model.threshold_for(max_false_hit_rate)
 
     @classmethod
-    def packaged(cls, *, max_false_hit_rate: float) -> HitVerifier:
-        return cls(PairModel.packaged(), WordRarity.packaged(), max_false_hit_rate=max_false_hit_rate)
+    def packaged(cls, *, max_false_hit_rate: float, space: str = "minilm") -> HitVerifier:
+        """The verifier that ships for pairs embedded in `space` ("minilm" or "e5")."""
+        return cls(PairModel.packaged(space=space), WordRarity.packaged(space=space),
+                   max_false_hit_rate=max_false_hit_rate)
 
     def verify(self, asked: PromptFacts, asked_vector: FloatArray, stored: PromptFacts,
                stored_vector: FloatArray, similarity: float) -> Verdict:
