@@ -157,7 +157,7 @@ def load_source(root: Path, name: str, language: str, files: tuple[str, ...], ru
                     pairs.add(row["text_a"], row["text_b"], int(row["label"]) == 1)
                     splits.append(split)
     return Dataset(
-        name=name, texts=pairs.texts, facts=[analyze(t) for t in pairs.texts],
+        name=name, texts=pairs.texts, facts=[analyze(t, language) for t in pairs.texts],
         vectors=embed_e5(name, pairs.texts, loader),
         left=np.asarray(pairs.left, dtype=np.intp), right=np.asarray(pairs.right, dtype=np.intp),
         labels=np.asarray(pairs.labels, dtype=np.bool_), splits=np.asarray(splits, dtype="<U9"),

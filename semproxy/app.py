@@ -31,6 +31,7 @@ from semproxy.cache.index import FaissIndex
 from semproxy.cache.languages import load_detector
 from semproxy.cache.multilingual_e5 import E5, MultilingualE5
 from semproxy.cache.onnx_minilm import OnnxMiniLM
+from semproxy.cache.pair_model import SPACE_FILES
 from semproxy.cache.service import CachePolicy, SemanticCache
 from semproxy.cache.spaces import Routes, Spaces
 from semproxy.cache.store import EmbeddedStore, EntryStore
@@ -131,8 +132,8 @@ def configured_spaces(settings: Settings) -> Spaces:
 
 def load_verifier(model: str, *, max_false_hit_rate: float) -> Verifier:
     """The verifier fitted for an embedder's vectors, or the rules alone for a model none was fitted for."""
-    if model == MINILM:
-        return HitVerifier.packaged(max_false_hit_rate=max_false_hit_rate)
+    if model in SPACE_FILES:
+        return HitVerifier.packaged(max_false_hit_rate=max_false_hit_rate, space=model)
     return RuleVerifier()
 
 

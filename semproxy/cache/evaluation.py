@@ -123,19 +123,23 @@ def routed_scores(pairs: Sequence[LabelledPair], spaces: Spaces, verifiers: dict
     that model's vectors and verifier. Pairs placed apart are never compared, so never served."""
     cosines, scores = np.zeros(len(pairs)), np.full(len(pairs), REJECTED)
     models: list[str | None] = [None] * len(pairs)
+    languages: list[str] = [""] * len(pairs)
     for k, pair in enumerate(pairs):
         stored, asked = spaces.place(pair.stored), spaces.place(pair.asked)
-        models[k] = stored.model if stored is not None and stored == asked else None
+        if stored is not None and stored == asked:
+            models[k], languages[k] = stored.model, stored.language
     for model, embedder in spaces.embedders.items():
-        rows = [k for k, m in enumerate(models) if m == model]
-        if rows:
-            cos, sc = policy_scores([pairs[k] for k in rows], embedder.embed, verifiers.get(model), floor=floor)
+        for language in sorted({languages[k] for k, m in enumerate(models) if m == model}):
+            rows = [k for k, m in enumerate(models) if m == model and languages[k] == language]
+            cos, sc = policy_scores([pairs[k] for k in rows], embedder.embed, verifiers.get(model), floor=floor,
+                                    language=language)
             cosines[rows], scores[rows] = cos, sc
     return RoutedScores(cosines, scores, models)
 
 
 def policy_scores(pairs: Sequence[LabelledPair], vectors_of: Callable[[list[str]], NDArray[np.float32]],
-                  verifier: Verifier | None, *, floor: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+                  verifier: Verifier | None, *, floor: float,
+                  language: str | None = None) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Per pair: the cosine similarity, and the verifier's score (REJECTED below the floor or by a rule)."""
     texts = list(dict.fromkeys([p.stored for p in pairs] + [p.asked for p in pairs]))
     position = {t: i for i, t in enumerate(texts)}
@@ -149,7 +153,7 @@ def policy_scores(pairs: Sequence[LabelledPair], vectors_of: Callable[[list[str]
         if verifier is None:
             scores[k] = 1.0
             continue
-        stored, asked = analyze(pair.stored), analyze(pair.asked)
+        stored, asked = analyze(pair.stored, language), analyze(pair.asked, language)
         verdict = verifier.verify(asked, vectors[position[pair.asked]], stored, vectors[position[pair.stored]],
                                   float(cosines[k]))
         if verdict.accepted or not verdict.by_rule:  # a rule's rejection holds at every budget

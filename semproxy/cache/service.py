@@ -60,7 +60,7 @@ class SemanticCache:
         self.policy = policy
         self._load_verifier = load_verifier
         self._verifiers: dict[str, Verifier | None] = {}  # by embedder name: each was fitted on one model's vectors
-        self._facts: Callable[[str], PromptFacts] = functools.lru_cache(maxsize=8192)(analyze)
+        self._facts: Callable[[str, str], PromptFacts] = functools.lru_cache(maxsize=8192)(analyze)
         self._open_store, self._load_spaces = open_store, load_spaces
         self._clock = clock
         self._store: EntryStore | None = None
@@ -290,14 +290,14 @@ class SemanticCache:
         if verifier is None or key.prompt is None:
             entry, similarity = live[0]
             return CacheHit(entry=entry, tier="semantic", similarity=similarity), None
-        return self._verified(verifier, key.prompt, vector, live)
+        return self._verified(verifier, key.prompt, placement.language, vector, live)
 
-    def _verified(self, verifier: Verifier, prompt: str, vector: Vector,
+    def _verified(self, verifier: Verifier, prompt: str, language: str, vector: Vector,
                   live: list[tuple[CacheEntry, float]]) -> tuple[CacheHit | None, Verdict | None]:
         usable = [(entry, similarity, entry.vector) for entry, similarity in live if entry.vector is not None]
-        candidates = [Candidate(facts=self._facts(entry.prompt or ""), vector=stored, similarity=similarity)
+        candidates = [Candidate(facts=self._facts(entry.prompt or "", language), vector=stored, similarity=similarity)
                       for entry, similarity, stored in usable]
-        chosen, verdicts = verifier.choose(self._facts(prompt), vector, candidates)
+        chosen, verdicts = verifier.choose(self._facts(prompt, language), vector, candidates)
         for (entry, similarity, _), verdict in zip(usable, verdicts, strict=True):
             log.debug("semantic candidate %d (similarity %.4f) %s", entry.id, similarity, verdict.header())
         if chosen is None:

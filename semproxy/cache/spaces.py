@@ -22,10 +22,11 @@ ALL_IN_ONE = "all"  # the language part of the space of a model that takes every
 
 @dataclasses.dataclass(frozen=True)
 class Placement:
-    """Where a prompt's vector lives: the space stored with the entry, and the model that makes it."""
+    """Where a prompt's vector lives: the space stored with the entry, the model that makes it, the language."""
 
     space: str
     model: str
+    language: str
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -69,7 +70,7 @@ class Spaces:
         model = self.routes.model_for(language)
         if model is None or model not in self.embedders:
             return None
-        return Placement(space=f"{model}/{language}", model=model)
+        return Placement(space=f"{model}/{language}", model=model, language=language)
 
     def is_current(self, space: str) -> bool:
         """Whether a stored entry's space is one `place` still puts prompts in (else it is re-embedded)."""

@@ -33,6 +33,20 @@ keine keinen keinem keiner nie niemals ohne nunca sin ningún ninguna nada tampo
 não sem niet geen nooit zonder
 """.split())
 
+# The negation words of each language the multilingual tier serves, for prompts whose language is known.
+# (The list above mixes languages for prompts of unknown language; there Portuguese "no" = "in the" would count.)
+NEGATIONS_BY_LANGUAGE: dict[str, frozenset[str]] = {code: frozenset(words.split()) for code, words in {
+    "de": "nicht kein keine keinen keinem keiner keines nie niemals ohne nichts niemand weder",
+    "es": "no nunca ni ningún ninguna ninguno nada sin tampoco jamás nadie",
+    "fr": "ne n pas jamais aucun aucune sans rien ni non",
+    "it": "non mai senza niente nulla nessuno nessuna né",
+    "nl": "niet geen nooit zonder niets niemand noch",
+    "pl": "nie nigdy bez żaden żadna żadne żadnego nic nikt ani",
+    "pt": "não nunca nem nenhum nenhuma nada sem jamais ninguém",
+}.items()}
+# Languages that capitalise every noun: a capital letter there does not make a word a name.
+CAPITALISED_NOUNS = frozenset({"de", "lb"})
+
 # A request's answer depends on these when they are named: the programming language or tool, and the
 # natural language the answer should be written in. Swapping one for another must never hit.
 PROGRAMMING_LANGUAGES = frozenset("""
@@ -139,26 +153,30 @@ class PromptFacts:
     language: str | None  # the language the prompt is written in, when it is clear
 
 
-def analyze(text: str) -> PromptFacts:
-    """Read the facts of one prompt."""
+def analyze(text: str, language: str | None = None) -> PromptFacts:
+    """Read the facts of one prompt; `language`, when the caller knows it (the multilingual tier does),
+    picks that language's negation words and name conventions."""
     raw = _WORD.findall(text)
     words = tuple(_fold(w) for w in raw)
-    content = tuple(w for w in words if w not in STOPWORDS and w not in NEGATIONS)
+    negations = NEGATIONS_BY_LANGUAGE.get(language or "", NEGATIONS)
+    content = tuple(w for w in words if w not in STOPWORDS and w not in negations)
     return PromptFacts(
         words=words,
         content=content,
         numbers=_numbers(text, words),
-        negations=_negations(text),
-        entities=_entities(text, raw),
+        negations=_negations(text, negations),
+        entities=_entities(text, raw, nouns_capitalised=language in CAPITALISED_NOUNS),
         named_languages=_named_languages(text, words),
         question_words=frozenset(w for w in words[:4] if w in QUESTION_WORDS),
-        language=detect_language(text, words),
+        language=language if language in NEGATIONS_BY_LANGUAGE else detect_language(text, words),
     )
 
 
-def _negations(text: str) -> int:
+def _negations(text: str, negations: frozenset[str] = NEGATIONS) -> int:
     words = [_fold(w) for w in _WORD.findall(_NEUTRAL_NEGATION.sub(" ", text))]
-    return sum(1 for w in words if w in NEGATIONS or w.endswith("n't"))
+    # French elides "ne" before a vowel: "n'est", "n'a".
+    return sum(1 for w in words if w in negations or w.endswith("n't") or (negations is not NEGATIONS
+                                                                           and w.startswith("n'")))
 
 
 def _fold(word: str) -> str:
@@ -180,8 +198,9 @@ def _normalize_number(number: str) -> str:
     return number
 
 
-def _entities(text: str, raw: list[str]) -> frozenset[str]:
-    """Names: capitalised words that do not start a sentence, acronyms, mixed case (iPhone, GPT4)."""
+def _entities(text: str, raw: list[str], *, nouns_capitalised: bool = False) -> frozenset[str]:
+    """Names: capitalised words that do not start a sentence, acronyms, mixed case (iPhone, GPT4); only the
+    last two where every noun is capitalised."""
     names: set[str] = set()
     previous_end = True
     position = 0
@@ -194,7 +213,7 @@ def _entities(text: str, raw: list[str]) -> frozenset[str]:
         lower = word.lower()
         if lower not in STOPWORDS and word[:1].isalpha() and word != lower:
             upper_inside = any(ch.isupper() for ch in word[1:])
-            if upper_inside or not previous_end:
+            if upper_inside or not (previous_end or nouns_capitalised):
                 names.add(_fold(word))
         previous_end = False
     return frozenset(names)

@@ -42,8 +42,8 @@ def two_models(*, english: str = "fast", other: str = "multi") -> Spaces:
 
 def test_a_prompt_goes_to_its_languages_model_and_space() -> None:
     spaces = two_models()
-    assert spaces.place("how do I bake bread") == Placement(space="fast/en", model="fast")
-    assert spaces.place("de: wie backe ich Brot") == Placement(space="multi/de", model="multi")
+    assert spaces.place("how do I bake bread") == Placement(space="fast/en", model="fast", language="en")
+    assert spaces.place("de: wie backe ich Brot") == Placement(space="multi/de", model="multi", language="de")
     assert spaces.place("fi: miten leivon leipää") is None  # not a semantic language: exact hits only
     assert spaces.is_current("fast/en") and spaces.is_current("multi/de")
     assert not spaces.is_current("multi/en") and not spaces.is_current("fast/de")  # routed elsewhere now
@@ -52,7 +52,7 @@ def test_a_prompt_goes_to_its_languages_model_and_space() -> None:
 
 def test_one_model_for_everything_keeps_every_language_in_one_space() -> None:
     spaces = Spaces.single(Named("custom"))
-    assert spaces.place("de: wie backe ich Brot") == Placement(space="custom/all", model="custom")
+    assert spaces.place("de: wie backe ich Brot") == Placement(space="custom/all", model="custom", language="all")
     assert spaces.is_current("custom/all") and not spaces.is_current("custom/en")
     routes = Routes(english="a", other="b", languages={ANY_LANGUAGE})
     assert routes.model_for("el") == "b" and routes.model_for("en") == "a"
