@@ -4,7 +4,8 @@ Both are driven through the same EntryStore.nearest(scope, vector, k=4) the cach
 lookup includes fetching the candidates' rows (prompt, answer, vector) for the hit verifier. Per size:
 
 * load: SQLite rows with executemany, then the FAISS index rebuilt from them as at start (IVF past 20,000);
-  PostgreSQL rows with COPY in binary (vectors in pgvector's binary format), the HNSW index built after;
+  PostgreSQL rows with COPY in binary (vectors in pgvector's binary format), the HNSW index built after
+  and read into shared_buffers (pg_prewarm), as a database that has been serving holds it;
 * latency of one lookup at a time (p50 / p99 over the queries), and throughput with 4 threads;
 * recall@1: how often the nearest entry found is the exact nearest (numpy brute force over all vectors);
 * HNSW's ef_search swept on the same index (m and ef_construction fixed at build);
@@ -161,7 +162,7 @@ def _postgres_figures(admin_url: str, data: Any, truth: np.ndarray, small_truth:
     store = _open_postgres(url, HnswParams())
     copy_s, index_s, notices = _load_postgres(store, data)
     figures: dict[str, Any] = {"copy_s": round(copy_s, 1), "hnsw_build_s": round(index_s, 1),
-                               "hnsw_build_notices": notices,
+                               "hnsw_build_notices": notices, "index_prewarmed": _prewarm(url),
                                **_measure(store, data, truth, small_truth, args.seconds)}
     figures["plans"] = {scope: _plan(url, scope, data.xq[0]) for scope in (SCOPE, SMALL_SCOPE)}
     log(f"  plans: {figures['plans']}")
@@ -249,6 +250,22 @@ def _load_postgres(store: PostgresEntries, data: Any) -> tuple[float, float, lis
         db.execute("VACUUM ANALYZE semproxy_entries")
     log(f"  postgres: COPY {copy_s:.1f} s, HNSW build {index_s:.1f} s, notices {notices}")
     return copy_s, index_s, notices
+
+
+def _prewarm(url: str) -> bool:
+    """Read the HNSW index into shared_buffers, as a serving database has it: otherwise the first lookups
+    measured read the pages of a freshly built index (2 GB at 1M entries) from the kernel. False if the
+    server has no pg_prewarm (then the warm-up lookups alone warm it)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as db:
+        try:
+            db.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+            db.execute("SELECT pg_prewarm('semproxy_entries_hnsw')")
+        except psycopg.Error as exc:
+            log(f"  index not prewarmed: {exc}")
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------- measuring
