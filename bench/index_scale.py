@@ -11,8 +11,8 @@ QQP and ShareGPT texts plus noise; held-out queries).
     .venv/bin/python bench/index_scale.py --quick      # a smoke run: 30,000 entries, 5,000 corpus texts
 
 Checked before anything is written: the scope was rebuilt as IVF, every query returned its 4 neighbours,
-and both recalls exist (in (0, 1]). A run that fails a check prints FAIL, exits with status 1 and writes
-nothing.
+both recalls exist (in (0, 1]), and the targets hold (recall@1 >= 0.97, search p50 <= 5 ms). A run that
+fails a check prints FAIL, exits with status 1 and writes nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from bench.faiss_scale import build_dataset, data_dir, load_real_embeddings  # n
 from semproxy.cache.index import FaissIndex  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "index_scale.json"
+TARGET_RECALL, TARGET_P50_MS = 0.97, 5.0  # issue 13: what a scope of any size must reach
 
 
 def main() -> None:
@@ -82,6 +83,10 @@ def _check(report: dict[str, Any]) -> Checks:
                   f"queries: {report['answered']} of {report['queries']} returned 4 neighbours")
     for name in ("recall_at_1", "recall_at_4"):
         checks.expect(0 < report[name] <= 1, f"{name}: {report[name]}, expected in (0, 1]")
+    checks.expect(report["recall_at_1"] >= TARGET_RECALL,
+                  f"recall@1: {report['recall_at_1']}, expected at least {TARGET_RECALL}")
+    checks.expect(report["search_ms"]["p50"] <= TARGET_P50_MS,
+                  f"search p50: {report['search_ms']['p50']} ms, expected at most {TARGET_P50_MS} ms")
     return checks
 
 

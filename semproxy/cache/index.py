@@ -165,7 +165,8 @@ class FaissIndex:
     def _ivf(self, ids: Ids, vectors: Vector) -> Any:
         """IVF keeps our 64-bit ids itself (an IDMap over IVF would break on remove_ids).
 
-        About 4*sqrt(n) lists (FAISS wants at least 39 training points per list), probing 1/32 of them;
+        About 4*sqrt(n) lists (FAISS wants at least 39 training points per list), probing 1/32 of them
+        but at least 128 (1/32 found 96.7% of nearest neighbours at 200,000 entries, 128 98.5%);
         the hash-table direct map makes deleting one id O(1) instead of a scan of every list. Training
         and adding run on one core, so a rebuild in the background leaves the other to the requests.
         """
@@ -177,7 +178,7 @@ class FaissIndex:
         # 64 points per list train as well as all of them (bench/faiss_scale.py), at a fraction of the time.
         sample = np.random.default_rng(0).choice(len(vectors), size=min(len(vectors), 64 * nlist), replace=False)
         index.train(vectors[np.sort(sample)])
-        index.nprobe = max(8, nlist // 32)
+        index.nprobe = min(nlist, max(128, nlist // 32))
         index.set_direct_map_type(faiss.DirectMap.Hashtable)
         index.add_with_ids(vectors, ids)
         return index

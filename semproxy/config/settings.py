@@ -71,9 +71,9 @@ class Settings:
     store: str | None = None
     postgres_pool_size: int = 10
     postgres_timeout: float = 2.0  # seconds a request waits for the database before it is forwarded uncached
-    hnsw_m: int = 16
-    hnsw_ef_construction: int = 64
-    hnsw_ef_search: int = 100
+    hnsw_m: int = 24  # HNSW graph degree and build effort: used when the index is built (bench/pg_bench.py)
+    hnsw_ef_construction: int = 128
+    hnsw_ef_search: int = 200
     flight_wait: float = 10.0  # seconds a replica waits for another one's identical request before forwarding
 
     # Compression of long system prompts
@@ -141,8 +141,10 @@ class Settings:
                "store must be a postgresql:// URL (or unset for the embedded SQLite + FAISS store)")
         _check(self.postgres_pool_size >= 1, "postgres_pool_size must be at least 1")
         _check(self.postgres_timeout > 0, "postgres_timeout must be > 0")
-        _check(self.hnsw_m >= 2 and self.hnsw_ef_construction >= 2 * self.hnsw_m,
-               "hnsw_m must be at least 2 and hnsw_ef_construction at least 2 * hnsw_m")
+        # pgvector's own limits, checked here so that a bad value fails at start, not at CREATE INDEX
+        _check(2 <= self.hnsw_m <= 100, "hnsw_m must be between 2 and 100")
+        _check(2 * self.hnsw_m <= self.hnsw_ef_construction <= 1000,
+               "hnsw_ef_construction must be at least 2 * hnsw_m and at most 1000")
         _check(1 <= self.hnsw_ef_search <= 1000, "hnsw_ef_search must be between 1 and 1000")
         _check(self.flight_wait >= 0, "flight_wait must be >= 0")
 
