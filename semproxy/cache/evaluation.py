@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from semproxy.cache.spaces import Spaces
-from semproxy.cache.text import analyze
+from semproxy.cache.text import NEGATIONS_BY_LANGUAGE, analyze
 from semproxy.cache.verifier import Verifier
 from semproxy.errors import ConfigError
 
@@ -115,6 +115,7 @@ class RoutedScores:
     cosines: NDArray[np.float64]
     scores: NDArray[np.float64]
     models: list[str | None]  # None: the two prompts landed in different spaces, or in none
+    languages: list[str | None] | None = None  # the language of each pair's space (for per-language thresholds)
 
 
 def routed_scores(pairs: Sequence[LabelledPair], spaces: Spaces, verifiers: dict[str, Verifier | None], *,
@@ -134,7 +135,7 @@ def routed_scores(pairs: Sequence[LabelledPair], spaces: Spaces, verifiers: dict
             cos, sc = policy_scores([pairs[k] for k in rows], embedder.embed, verifiers.get(model), floor=floor,
                                     language=language)
             cosines[rows], scores[rows] = cos, sc
-    return RoutedScores(cosines, scores, models)
+    return RoutedScores(cosines, scores, models, [lang or None for lang in languages])
 
 
 def policy_scores(pairs: Sequence[LabelledPair], vectors_of: Callable[[list[str]], NDArray[np.float32]],
@@ -182,10 +183,21 @@ def budget_sweep(routed: RoutedScores, labels: NDArray[np.bool_], verifiers: dic
     points = []
     for budget in sorted(set(budgets)):
         at = {m: (0.0 if v is None else v.threshold_at(budget)) for m, v in verifiers.items()}
-        needed = np.asarray([np.inf if m is None else at.get(m, 0.0) for m in routed.models])
+        languages = routed.languages or [None] * len(routed.models)
+        needed = np.asarray([np.inf if m is None else _threshold(verifiers.get(m), budget, lang)
+                             for m, lang in zip(routed.models, languages, strict=True)])
         served = (routed.scores > REJECTED) & (routed.scores >= needed)
         points.append(operating_point(f"budget {budget:g}", served, labels, next(iter(at.values()), 0.0)))
     return points
+
+
+def _threshold(verifier: Verifier | None, budget: float, language: str | None) -> float:
+    return 0.0 if verifier is None else verifier.threshold_at(budget, _facts_language(language))
+
+
+def _facts_language(language: str | None) -> str | None:
+    """The language the verifier's facts carry for a space's language (see text.analyze)."""
+    return language if language in NEGATIONS_BY_LANGUAGE else None
 
 
 def precision_recall_curve(scores: NDArray[np.float64],

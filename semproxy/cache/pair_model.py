@@ -153,6 +153,11 @@ class PairModel:
     depth: int
     curve_scores: NDArray[np.float64]  # ascending score thresholds ...
     curve_false_hit_rates: NDArray[np.float64]  # ... and the share of calibration negatives served at each
+    # Where calibration data exists per language (the multilingual model): each language's own curve, so a
+    # budget holds in each language without the hardest one setting every language's threshold.
+    curve_languages: NDArray[np.str_] = dataclasses.field(default_factory=lambda: np.zeros(0, dtype="<U8"))
+    language_false_hit_rates: NDArray[np.float64] = dataclasses.field(
+        default_factory=lambda: np.zeros((0, 0), dtype=np.float64))
 
     def score(self, features: FloatArray) -> NDArray[np.float64]:
         """Probability-like scores for a batch (or one row) of pair vectors."""
@@ -166,13 +171,22 @@ class PairModel:
         logits = self.baseline + self.value[trees, node].sum(axis=1)
         return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float64)
 
-    def threshold_for(self, max_false_hit_rate: float) -> float:
-        """The lowest score threshold whose calibration false-hit rate is within the budget."""
-        within = np.nonzero(self.curve_false_hit_rates <= max_false_hit_rate)[0]
+    def threshold_for(self, max_false_hit_rate: float, language: str | None = None) -> float:
+        """The lowest score threshold whose calibration false-hit rate is within the budget: in `language`
+        if the model has its own curve, else in every calibration set at once."""
+        curve = self.curve_false_hit_rates
+        if language is not None and language in self.curve_languages.tolist():
+            curve = self.language_false_hit_rates[self.curve_languages.tolist().index(language)]
+        within = np.nonzero(curve <= max_false_hit_rate)[0]
         return float(self.curve_scores[within[0]]) if len(within) else 1.0
 
-    def with_curve(self, scores: NDArray[np.float64], false_hit_rates: NDArray[np.float64]) -> PairModel:
-        return dataclasses.replace(self, curve_scores=scores, curve_false_hit_rates=false_hit_rates)
+    def with_curve(self, scores: NDArray[np.float64], false_hit_rates: NDArray[np.float64],
+                   by_language: dict[str, NDArray[np.float64]] | None = None) -> PairModel:
+        languages = sorted(by_language or {})
+        rates = np.vstack([by_language[lang] for lang in languages]) if by_language else np.zeros((0, len(scores)))
+        return dataclasses.replace(self, curve_scores=scores, curve_false_hit_rates=false_hit_rates,
+                                   curve_languages=np.asarray(languages, dtype="<U8"),
+                                   language_false_hit_rates=np.asarray(rates, dtype=np.float64))
 
     def save(self, path: Any) -> None:
         """Write the model (used by the calibration script)."""
@@ -181,8 +195,8 @@ class PairModel:
 
     @classmethod
     def load(cls, source: Any) -> PairModel:
-        with np.load(source) as data:
-            values: dict[str, Any] = {f.name: data[f.name] for f in dataclasses.fields(cls)}
+        with np.load(source) as data:  # a model without per-language curves lacks their two arrays
+            values: dict[str, Any] = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
         values["baseline"], values["depth"] = float(values["baseline"]), int(values["depth"])
         return cls(**values)
 

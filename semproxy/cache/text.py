@@ -164,7 +164,9 @@ def analyze(text: str, language: str | None = None) -> PromptFacts:
         words=words,
         content=content,
         numbers=_numbers(text, words),
-        negations=_negations(text, negations),
+        # Where the language is known, whether the prompt negates at all: in negative-concord languages one
+        # negated clause takes several words ("não ... nenhum", "nie ... nic", "ne ... pas").
+        negations=_negations(text, negations) if negations is NEGATIONS else min(1, _negations(text, negations)),
         entities=_entities(text, raw, nouns_capitalised=language in CAPITALISED_NOUNS),
         named_languages=_named_languages(text, words),
         question_words=frozenset(w for w in words[:4] if w in QUESTION_WORDS),

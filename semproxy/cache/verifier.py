@@ -49,7 +49,7 @@ class Verifier(Protocol):
     def verify(self, asked: PromptFacts, asked_vector: FloatArray, stored: PromptFacts,
                stored_vector: FloatArray, similarity: float) -> Verdict: ...
 
-    def threshold_at(self, max_false_hit_rate: float) -> float:
+    def threshold_at(self, max_false_hit_rate: float, language: str | None = None) -> float:
         """The score a candidate needs at another error budget (for `semproxy eval`'s sweep)."""
         ...
 
@@ -61,6 +61,8 @@ class HitVerifier:
         self.model, self.rarity = model, rarity
         self.max_false_hit_rate = max_false_hit_rate
         self.threshold = model.threshold_for(max_false_hit_rate)
+        self.thresholds = {str(language): model.threshold_for(max_false_hit_rate, str(language))
+                           for language in model.curve_languages}  # languages with their own curve
 
     @classmethod
     def packaged(cls, *, max_false_hit_rate: float, space: str = "minilm") -> HitVerifier:
@@ -74,7 +76,7 @@ class HitVerifier:
         verdict = self._by_rule(asked, stored)
         if verdict is not None:
             return verdict
-        return self._by_score(self.score(asked, asked_vector, stored, stored_vector, similarity))
+        return self._by_score(self.score(asked, asked_vector, stored, stored_vector, similarity), asked.language)
 
     def choose(self, asked: PromptFacts, asked_vector: FloatArray,
                candidates: Sequence[Candidate]) -> tuple[int | None, list[Verdict]]:
@@ -88,21 +90,22 @@ class HitVerifier:
             rows = np.vstack([pair_vector(asked, asked_vector, candidates[i].facts, candidates[i].vector,
                                           candidates[i].similarity, self.rarity) for i in pending])
             for i, score in zip(pending, self.model.score(rows), strict=True):
-                verdicts[i] = self._by_score(float(score))
+                verdicts[i] = self._by_score(float(score), asked.language)
         final = [v for v in verdicts if v is not None]
         chosen = next((i for i, v in enumerate(final) if v.accepted), None)
         return chosen, final
 
-    def threshold_at(self, max_false_hit_rate: float) -> float:
-        return self.model.threshold_for(max_false_hit_rate)
+    def threshold_at(self, max_false_hit_rate: float, language: str | None = None) -> float:
+        return self.model.threshold_for(max_false_hit_rate, language)
 
     def _by_rule(self, asked: PromptFacts, stored: PromptFacts) -> Verdict | None:
         return rule_verdict(asked, stored)
 
-    def _by_score(self, score: float) -> Verdict:
-        if score >= self.threshold:
-            return Verdict(accepted=True, score=score, reason=f"score >= {self.threshold:.3f}")
-        return Verdict(accepted=False, score=score, reason=f"score < {self.threshold:.3f}")
+    def _by_score(self, score: float, language: str | None) -> Verdict:
+        threshold = self.thresholds.get(language or "", self.threshold)
+        if score >= threshold:
+            return Verdict(accepted=True, score=score, reason=f"score >= {threshold:.3f}")
+        return Verdict(accepted=False, score=score, reason=f"score < {threshold:.3f}")
 
     def score(self, asked: PromptFacts, asked_vector: FloatArray, stored: PromptFacts, stored_vector: FloatArray,
               similarity: float) -> float:
@@ -124,7 +127,7 @@ class RuleVerifier:
                stored_vector: FloatArray, similarity: float) -> Verdict:
         return rule_verdict(asked, stored) or Verdict(accepted=True, score=similarity, reason="no rule objects")
 
-    def threshold_at(self, max_false_hit_rate: float) -> float:
+    def threshold_at(self, max_false_hit_rate: float, language: str | None = None) -> float:
         return 0.0  # no budget to trade: whatever the rules let through is served
 
 

@@ -50,3 +50,21 @@ def test_named_languages_need_to_be_used_as_languages() -> None:
 ])
 def test_language_detection(text: str, language: str | None) -> None:
     assert detect_language(text) == language
+
+
+def test_a_known_language_uses_its_own_negation_words() -> None:
+    # Portuguese "no" is "in the", not a negation; without the language it would count as one.
+    assert analyze("Onde fica o banco no centro?", "pt").negations == 0
+    assert analyze("Onde fica o banco no centro?").negations == 1
+    assert analyze("Não gosto do banco no centro", "pt").negations == 1
+    # Negative concord: one negated clause, several words ("não ... nenhum", "ne ... pas"): negated or not.
+    assert analyze("Não há nenhuma regra sobre isso", "pt").negations == 1
+    assert analyze("Il n'est pas là", "fr").negations == 1
+    assert analyze("Nie lubię tego", "pl").negations == 1 and analyze("Lubię to", "pl").negations == 0
+
+
+def test_german_nouns_are_not_names_but_acronyms_are() -> None:
+    facts = analyze("Wie backe ich ein Brot mit dem Ofen von BMW und iPhone?", "de")
+    assert facts.entities == {"bmw", "iphone"}
+    assert {"brot", "ofen"} <= analyze("Wie backe ich ein Brot mit dem Ofen?").entities  # unknown language
+    assert facts.language == "de"

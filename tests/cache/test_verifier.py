@@ -75,6 +75,31 @@ def test_the_operating_point_is_the_lowest_threshold_within_budget(tmp_path) -> 
     assert PairModel.load(tmp_path / "m.npz").threshold_for(0.05) == 0.8
 
 
+def test_a_language_with_its_own_curve_gets_its_own_operating_point(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model = tiny_model(0.9).with_curve(np.array([0.2, 0.5, 0.8, 0.95]), np.array([0.30, 0.10, 0.04, 0.01]),
+                                       {"pt": np.array([0.04, 0.02, 0.01, 0.0]), "de": np.array([0.5, 0.3, 0.1, 0.05])})
+    assert model.threshold_for(0.05, "pt") == 0.2  # an easier language serves from a lower score
+    assert model.threshold_for(0.05, "de") == 0.95
+    assert model.threshold_for(0.05, "fi") == model.threshold_for(0.05) == 0.8  # no curve: every set at once
+    model.save(tmp_path / "m.npz")
+    assert PairModel.load(tmp_path / "m.npz").threshold_for(0.05, "pt") == 0.2
+    verifier = HitVerifier(model, WordRarity({}, 5.0), max_false_hit_rate=0.05)
+    assert verifier.thresholds == {"de": 0.95, "pt": 0.2}
+
+
+def test_a_model_file_without_language_curves_still_loads(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    arrays = {name: value for name, value in np.load(_saved(tmp_path)).items()
+              if name not in ("curve_languages", "language_false_hit_rates")}
+    np.savez(tmp_path / "old.npz", **arrays)
+    old = PairModel.load(tmp_path / "old.npz")
+    assert old.threshold_for(0.05, "pt") == 0.8 and len(old.curve_languages) == 0
+
+
+def _saved(tmp_path) -> object:  # type: ignore[no-untyped-def]
+    tiny_model(0.9).save(tmp_path / "new.npz")
+    return tmp_path / "new.npz"
+
+
 def test_choose_serves_the_nearest_accepted_candidate_and_explains_the_rest() -> None:
     verifier = HitVerifier(tiny_model(0.9), WordRarity({}, 5.0), max_false_hit_rate=0.05)
     vector = np.ones(4, dtype=np.float32)
