@@ -3,8 +3,8 @@ refused? Side by side with semproxy as it was before vector spaces (all-MiniLM-L
 
 Pairs: the ``heldout`` rows of every multilingual dataset (``bench/verifier_data_e5.py``): translated STS-B
 dev in de/en/es/fr/it/nl/pl/pt, Dutch SICK dev, PAWS-X de/es/fr word swaps and paraphrases, and Finnish
-Turku paraphrases (a language semproxy does not serve semantically by default: its rows show what a user of
-Finnish gets). Nothing was fitted or calibrated on these rows.
+Turku paraphrases (a language the verifier was never fitted or calibrated on). Nothing was fitted or
+calibrated on these rows.
 
 Each pair gets its own tenant (an API key of its own), as a new user would try it: its first text is sent
 and must be a miss (stored), and once every first text is stored, its second text is sent. The second is
@@ -13,11 +13,12 @@ default settings against an instant local upstream, and receive the same request
 
 Per dataset and language: the share of same-meaning pairs served (hit rate) and of different-meaning pairs
 served (false hits), with counts and a 95% Wilson interval; and issue 13's targets per language de, es,
-fr, it, nl, pl, pt: same-meaning pairs hit >= 50% and different-meaning pairs (PAWS-X included) served
-<= 5%. Checks before anything is written: both processes have their semantic tier ready, every request got
-a 2xx answer, every first text was a miss. Otherwise FAIL, exit 1, nothing written.
+fr, it, nl, pl, pt: same-meaning pairs hit >= 50% (PAWS-X's word-swap paraphrases left out, shown on
+their own) and different-meaning pairs (PAWS-X's swaps included) served <= 5%. Checks before anything is
+written: both processes have their semantic tier ready, every request got a 2xx answer, every first text
+was a miss. Otherwise FAIL, exit 1, nothing written.
 
-    .venv/bin/python bench/multilingual_bench.py              # about 15 minutes on 2 cores
+    .venv/bin/python bench/multilingual_bench.py              # about 12 minutes on 2 cores
     .venv/bin/python bench/multilingual_bench.py --limit 60   # a smoke run: 60 pairs per dataset
 """
 
@@ -123,16 +124,29 @@ def _rate(outcomes: Iterable[str]) -> dict[str, Any]:
 
 
 def _table(pairs: list[Pair], asked: list[str]) -> dict[str, Any]:
-    """Per dataset, and per language over every dataset: same-meaning and different-meaning pairs served."""
+    """Per dataset, and per language over every dataset: same-meaning and different-meaning pairs served.
+
+    Per language, same-meaning pairs leave PAWS-X's out (a paraphrase made by swapping words is no hit
+    target; its swaps that change the meaning are the target's different-meaning pairs), as issue 13 states
+    the targets; they are shown on their own."""
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i, pair in enumerate(pairs):
         groups[("dataset", pair.dataset)].append(i)
         groups[("language", pair.language)].append(i)
     table: dict[str, Any] = {"dataset": {}, "language": {}}
     for (kind, name), rows in sorted(groups.items()):
-        table[kind][name] = {"same_meaning_hit": _rate(asked[i] for i in rows if pairs[i].same),
+        paws = [i for i in rows if _paws(pairs[i])]
+        same = [i for i in rows if pairs[i].same and (kind == "dataset" or not _paws(pairs[i]))]
+        table[kind][name] = {"same_meaning_hit": _rate(asked[i] for i in same),
                              "different_meaning_served": _rate(asked[i] for i in rows if not pairs[i].same)}
+        if kind == "language" and paws:
+            table[kind][name]["pawsx_same_meaning_hit"] = _rate(asked[i] for i in paws if pairs[i].same)
+            table[kind][name]["pawsx_different_meaning_served"] = _rate(asked[i] for i in paws if not pairs[i].same)
     return table
+
+
+def _paws(pair: Pair) -> bool:
+    return pair.dataset.startswith("pawsx_")
 
 
 def _targets(by_language: dict[str, Any]) -> dict[str, Any]:
