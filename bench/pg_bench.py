@@ -1,6 +1,6 @@
 """Semantic lookups: the embedded store (SQLite + FAISS) and the shared one (PostgreSQL + pgvector HNSW), side by side.
 
-Both are driven through the same EntryStore.nearest(scope, vector, k=4) the cache service calls, so a
+Both are driven through the same EntryStore.nearest(scope, space, vector, k=4) the cache service calls, so a
 lookup includes fetching the candidates' rows (prompt, answer, vector) for the hit verifier. Per size:
 
 * load: SQLite rows with executemany, then the FAISS index rebuilt from them as at start (IVF past 20,000);
@@ -58,6 +58,7 @@ from semproxy.storage.sqlite import SqliteStorage  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "pg_bench.json"
 SCOPE, SMALL_SCOPE, SMALL = "big-scope", "small-scope", 1000
+SPACE = "minilm/en"  # every entry in one vector space, as English prompts are
 SHARED_BUFFERS = "3GB"
 MAINTENANCE_WORK_MEM = "6GB"  # the graph of 1M 384-d entries at m = 24 takes about 2.5 GB while it is built
 K = 4
@@ -216,7 +217,7 @@ def _load_embedded(folder: Path, data: Any) -> EmbeddedStore:
     db = storage.connection("cache.sqlite3")  # a bulk load, the way the store's own writes go
     db.execute("BEGIN")
     db.executemany("INSERT INTO entries (id, kind, tenant, scope, model, prompt, vector, response, created_at, "
-                   "expires_at, last_used_at) VALUES (?, 'chat', 't', ?, 'm', ?, ?, ?, 0, NULL, 0)",
+                   f"expires_at, last_used_at, space) VALUES (?, 'chat', 't', ?, 'm', ?, ?, ?, 0, NULL, 0, '{SPACE}')",
                    ((i, scope, f"prompt {i}", v.astype(np.float32).tobytes(), b'{"answer": 1}')
                     for i, scope, v in _rows(data)))
     db.execute("COMMIT")
@@ -234,10 +235,12 @@ def _load_postgres(store: PostgresEntries, data: Any) -> tuple[float, float, lis
         db.execute("DROP INDEX IF EXISTS semproxy_entries_hnsw")  # built after the load: much faster
         started = time.perf_counter()
         with db.cursor().copy("COPY semproxy_entries (id, kind, tenant, scope, model, prompt, embedding, response, "
-                              "created_at, last_used_at) FROM STDIN WITH (FORMAT BINARY)") as copy:
-            copy.set_types(["int8", "text", "text", "text", "text", "text", "vector", "bytea", "float8", "float8"])
+                              "created_at, last_used_at, space) FROM STDIN WITH (FORMAT BINARY)") as copy:
+            copy.set_types(["int8", "text", "text", "text", "text", "text", "vector", "bytea", "float8", "float8",
+                            "text"])
             for i, scope, vector in _rows(data):
-                copy.write_row((i, "chat", "t", scope, "m", f"prompt {i}", vector, b'{"answer": 1}', 0.0, 0.0))
+                copy.write_row((i, "chat", "t", scope, "m", f"prompt {i}", vector, b'{"answer": 1}', 0.0, 0.0,
+                                SPACE))
         db.execute("SELECT setval('semproxy_entries_id_seq', (SELECT max(id) FROM semproxy_entries))")
         copy_s = time.perf_counter() - started
         notices: list[str] = []  # pgvector says so when the graph outgrows maintenance_work_mem (a far slower build)
@@ -276,7 +279,7 @@ def _lookups(store: EntryStore, scope: str, queries: np.ndarray) -> tuple[np.nda
     latencies = []
     for q, query in enumerate(queries):
         started = time.perf_counter()
-        result = store.nearest(scope, query, K, min_similarity=-1.0)
+        result = store.nearest(scope, SPACE, query, K, min_similarity=-1.0)
         latencies.append((time.perf_counter() - started) * 1000)
         if result:
             found[q] = result[0][0].id
@@ -290,7 +293,7 @@ def _throughput(store: EntryStore, queries: np.ndarray, seconds: float, threads:
     def work(worker: int) -> None:
         i = worker
         while not stop.is_set():
-            store.nearest(SCOPE, queries[i % len(queries)], K, min_similarity=-1.0)
+            store.nearest(SCOPE, SPACE, queries[i % len(queries)], K, min_similarity=-1.0)
             counts[worker] += 1
             i += threads
 
@@ -351,8 +354,8 @@ def _plan(url: str, scope: str, query: np.ndarray) -> str:
         register_vector(db)
         db.execute("SET hnsw.iterative_scan = relaxed_order")
         plan = db.execute("EXPLAIN (FORMAT JSON) SELECT id FROM semproxy_entries e WHERE e.scope = %s "
-                          "AND e.embedding IS NOT NULL ORDER BY e.embedding <=> %b LIMIT 4",
-                          (scope, query.astype(np.float32))).fetchone()[0]
+                          "AND e.space = %s AND e.embedding IS NOT NULL ORDER BY e.embedding <=> %b LIMIT 4",
+                          (scope, SPACE, query.astype(np.float32))).fetchone()[0]
     nodes: list[str] = []
 
     def walk(node: dict[str, Any]) -> None:
