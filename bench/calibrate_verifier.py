@@ -70,6 +70,11 @@ def fit_rarity(datasets: list[vd.Dataset]) -> WordRarity:
         for text_id in set(d.left[rows].tolist()) | set(d.right[rows].tolist()):
             documents.append(frozenset(d.facts[text_id].content))
     documents.extend(frozenset(analyze(p).content) for p in sharegpt_prompts())
+    return rarity_of(documents)
+
+
+def rarity_of(documents: list[frozenset[str]]) -> WordRarity:
+    """Smoothed inverse document frequency of each word seen in at least 3 documents (their content words)."""
     counts = Counter(word for doc in documents for word in doc)
     total = len(documents)
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import math
 import sys
 from collections import Counter
 from pathlib import Path
@@ -68,15 +67,7 @@ def fit_rarity(datasets: list[vd5.Dataset]) -> WordRarity:
     for d in datasets:
         rows = d.rows("train")
         documents += [frozenset(d.facts[i].content) for i in set(d.left[rows].tolist()) | set(d.right[rows].tolist())]
-    counts = Counter(word for doc in documents for word in doc)
-    total = len(documents)
-
-    def idf(df: int) -> float:
-        return round(math.log((total + 1) / (df + 1)) + 1.0, 2)
-
-    table = {word: idf(df) for word, df in counts.items() if df >= 3}
-    log(f"word rarity: {len(table):,} words from {total:,} texts")
-    return WordRarity(table, idf(1))
+    return cv.rarity_of(documents)
 
 
 def fit_model(datasets: list[vd5.Dataset], rarity: WordRarity) -> PairModel:
