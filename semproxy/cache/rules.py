@@ -7,7 +7,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from semproxy.cache.text import DIRECTION_WORDS, STOPWORDS, PromptFacts
+from semproxy.cache.contrasts import opposite_words
+from semproxy.cache.quantities import same_quantities
+from semproxy.cache.text import DIRECTION_WORDS, NEGATIONS, STOPWORDS, PromptFacts
+
+# Little words a swap of two roles may carry along ("a dog ... its owner" / "an owner ... its dog").
+_DETERMINERS = frozenset("""
+a an the its their his her my your our this that these those der die das den dem des ein eine einen einem einer
+le la les l un une el los las lo gli il i uno het een o os as um uma
+""".split())
+# Forms of one verb that a swap of roles may change along with its subject ("X does" / "the Ys do").
+_BASE_FORMS = {"does": "do", "did": "do", "is": "be", "are": "be", "was": "be", "were": "be", "has": "have",
+               "vom": "von", "zum": "zu", "zur": "zu", "aufs": "auf", "au": "à", "aux": "à", "du": "de", "al": "a",
+               "del": "de", "ao": "a", "do": "de", "dos": "de", "da": "de", "das": "de"}
+# Words between two exchanged words that make the exchange harmless ("salt and pepper", "X vs Y").
+_SYMMETRIC = frozenset("and or vs versus & with plus between , et und y e en i oraz ou o".split())
 
 
 def rule_rejection(asked: PromptFacts, stored: PromptFacts) -> str | None:
@@ -18,7 +32,7 @@ def rule_rejection(asked: PromptFacts, stored: PromptFacts) -> str | None:
     old_languages = stored.named_languages - asked.named_languages - set(asked.words)
     if new_languages or old_languages:
         return f"names {_show(asked.named_languages)}, cached prompt {_show(stored.named_languages)}"
-    if asked.numbers and stored.numbers and asked.numbers != stored.numbers:
+    if asked.numbers and stored.numbers and not same_quantities(asked.numbers, stored.numbers):
         return f"numbers {_show(asked.numbers)} vs cached {_show(stored.numbers)}"
     if asked.negations != stored.negations:
         return f"negation on one side ({asked.negations} vs cached {stored.negations})"
@@ -28,7 +42,45 @@ def rule_rejection(asked: PromptFacts, stored: PromptFacts) -> str | None:
     swap = substituted_name(asked, stored)
     if swap is not None:
         return f"name {swap[0]} instead of cached {swap[1]}"
+    opposite = opposite_words(asked.words, stored.words)
+    if opposite is not None:
+        return f"opposites: {opposite[0]} / cached {opposite[1]}"
+    exchanged = exchanged_words(asked.words, stored.words)
+    if exchanged is not None:
+        return f"roles exchanged: {exchanged[0]} / {exchanged[1]}"
+    if asked.shape != stored.shape:
+        return f"answer shape {_show(asked.shape)}, cached prompt {_show(stored.shape)}"
     return None
+
+
+def exchanged_words(first: Sequence[str], second: Sequence[str]) -> tuple[str, str] | None:
+    """Two words or short phrases that trade places while nothing else changes ("the employer's duties to the
+    employee" / "the employee's duties to the employer", "cleaner fish benefit sharks" / "sharks benefit cleaner
+    fish"), unless only "and", "or", "vs" stand between them."""
+    a = [_BASE_FORMS.get(w, w) for w in first if w not in _DETERMINERS]
+    b = [_BASE_FORMS.get(w, w) for w in second if w not in _DETERMINERS]
+    if len(a) != len(b) or a == b:
+        return None
+    start = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+    end = len(a) - next(i for i, (x, y) in enumerate(zip(reversed(a), reversed(b), strict=True)) if x != y)
+    middle_a, middle_b = a[start:end], b[start:end]
+    for left in range(1, 4):
+        for right in range(1, 4):
+            if left + right >= len(middle_a):
+                continue
+            x, y = middle_a[:left], middle_a[len(middle_a) - right:]
+            pivot = middle_a[left:len(middle_a) - right]
+            if middle_b != y + pivot + x or all(w in _SYMMETRIC for w in pivot):
+                continue
+            if _content(x) and _content(y):
+                return (" ".join(x), " ".join(y))
+    return None
+
+
+def _content(words: Sequence[str]) -> bool:
+    """Holds a word that names something (not only little words or negations)."""
+    return any(w not in STOPWORDS and w not in NEGATIONS and len(w) > 1 for w in words) and not any(
+        w in NEGATIONS for w in words)
 
 
 def substituted_name(asked: PromptFacts, stored: PromptFacts) -> tuple[str, str] | None:

@@ -10,8 +10,11 @@ import dataclasses
 import re
 import unicodedata
 
+from semproxy.cache.contrasts import answer_shape
+from semproxy.cache.quantities import quantities
+
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*|[+#]+|->|→", re.UNICODE)
-_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)*(?:\.\d+)?(?!\w)|\d+(?=[a-zA-Z%])")
+_JOINED_PREFIX = re.compile(r"\b(non|anti|e|co|un|pre|post|re)-(?=[^\W\d_])", re.IGNORECASE)
 _SENTENCE_END = frozenset(".!?:;\n")
 
 STOPWORDS = frozenset("""
@@ -44,6 +47,8 @@ NEGATIONS_BY_LANGUAGE: dict[str, frozenset[str]] = {code: frozenset(words.split(
     "pl": "nie nigdy bez żaden żadna żadne żadnego nic nikt ani",
     "pt": "não nunca nem nenhum nenhuma nada sem jamais ninguém",
 }.items()}
+# Languages the caller may name for a prompt (the spaces' languages); others are detected here.
+_KNOWN_LANGUAGES = frozenset({"en", *NEGATIONS_BY_LANGUAGE})
 # Languages that capitalise every noun: a capital letter there does not make a word a name.
 CAPITALISED_NOUNS = frozenset({"de", "lb"})
 
@@ -71,7 +76,10 @@ _SYMBOL_LANGUAGES = re.compile(r"(?<![\w+#])(?:c\+\+|c#|f#)(?![\w+#])", re.IGNOR
 
 # Words that give two entities a direction: "EUR to USD", "faster than Java", "from Paris to Rome".
 # ("vs" is not one: "X vs Y, which is better?" asks the same as "Y vs X".)
-DIRECTION_WORDS = frozenset("to from into than over towards toward -> → à vers nach zu".split())
+DIRECTION_WORDS = frozenset("""
+to from into onto than over towards toward -> → à vers nach zu zum zur von vom auf aufs an naar van hacia para
+desde da al na z do
+""".split())
 
 # A natural language's name is about the language (not a nationality) next to these words.
 _LANGUAGE_CONTEXT_BEFORE = frozenset(
@@ -81,16 +89,28 @@ _LANGUAGE_CONTEXT_AFTER = frozenset(
     "translation language version speaker speakers grammar word words text sentence sentences".split())
 
 # "why or why not", "with or without", "whether or not": both sides are asked, nothing is negated.
-_NEUTRAL_NEGATION = re.compile(r"\bor\s+(?:why\s+)?not\b|\bwith\s+or\s+without\b|\bor\s+no\b|\bif\s+not\b",
-                               re.IGNORECASE)
+_NEUTRAL_NEGATION = re.compile(r"\bor\s+(?:why\s+)?not\b|\bwith\s+or\s+without\b|\bor\s+no\b|\bif\s+not\b"
+                               r"|\bif (?:it'?s|it is) not too much (?:trouble|to ask)\b|\bno problem\b|\bno worries\b"
+                               r"|\bnot sure (?:if|whether|how|what|why)\b", re.IGNORECASE)
 
-NUMBER_WORDS = {
-    "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
-    "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "thirteen": "13", "fourteen": "14",
-    "fifteen": "15", "sixteen": "16", "seventeen": "17", "eighteen": "18", "nineteen": "19", "twenty": "20",
-    "thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80", "ninety": "90",
-    "hundred": "100", "thousand": "1000", "million": "1000000", "billion": "1000000000",
-}  # not "one", "first", "second", "once": they are more often not numbers ("check Google first")
+# English contractions and spellings, undone before comparing two prompts word by word.
+_IRREGULAR_CONTRACTIONS = {"can't": ["can", "not"], "won't": ["will", "not"], "shan't": ["shall", "not"],
+                           "ain't": ["is", "not"], "let's": ["let", "us"], "y'all": ["you", "all"]}
+_CONTRACTED = {"re": "are", "ve": "have", "ll": "will", "d": "would", "m": "am"}
+_IS_BEFORE_S = frozenset("what who where when why how it that there here he she this".split())
+SPELLINGS = {
+    "colour": "color", "colours": "colors", "favourite": "favorite", "favourites": "favorites", "organise": "organize",
+    "organised": "organized", "organising": "organizing", "organisation": "organization", "centre": "center",
+    "analyse": "analyze", "analysed": "analyzed", "analysing": "analyzing", "behaviour": "behavior",
+    "optimise": "optimize", "optimised": "optimized", "optimisation": "optimization", "realise": "realize",
+    "neighbour": "neighbor", "neighbours": "neighbors", "defence": "defense", "catalogue": "catalog",
+    "travelling": "traveling", "travelled": "traveled", "programme": "program", "licence": "license",
+    "cancelled": "canceled", "grey": "gray", "jewellery": "jewelry", "theatre": "theater", "metre": "meter",
+    "litre": "liter", "kilometre": "kilometer", "kilometres": "kilometers", "apologise": "apologize",
+    "recognise": "recognize", "customise": "customize", "minimise": "minimize", "maximise": "maximize",
+    "summarise": "summarize", "prioritise": "prioritize", "labour": "labor", "humour": "humor", "mum": "mom",
+    "ok": "okay", "pls": "please", "plz": "please", "u": "you", "ur": "your", "thx": "thanks", "tho": "though",
+}
 
 # Frequent function words per language: enough to tell which language a prompt of a few words is in.
 _LANGUAGE_MARKERS: dict[str, frozenset[str]] = {
@@ -151,27 +171,55 @@ class PromptFacts:
     named_languages: frozenset[str]  # programming and natural languages the prompt names
     question_words: frozenset[str]
     language: str | None  # the language the prompt is written in, when it is clear
+    shape: frozenset[str] = frozenset()  # the asked answer's format, size and audience ("format:json", ...)
+    text: str = ""  # the prompt as written, for the pair encoder
 
 
 def analyze(text: str, language: str | None = None) -> PromptFacts:
     """Read the facts of one prompt; `language`, when the caller knows it (the multilingual tier does),
     picks that language's negation words and name conventions."""
+    original, text = text, _JOINED_PREFIX.sub(r"\1", text)  # "non-profit" = "nonprofit", "e-mail" = "email"
     raw = _WORD.findall(text)
-    words = tuple(_fold(w) for w in raw)
+    words = normal_words(raw)
     negations = NEGATIONS_BY_LANGUAGE.get(language or "", NEGATIONS)
     content = tuple(w for w in words if w not in STOPWORDS and w not in negations)
     return PromptFacts(
         words=words,
         content=content,
-        numbers=_numbers(text, words),
+        numbers=quantities(text, language),
         # Where the language is known, whether the prompt negates at all: in negative-concord languages one
         # negated clause takes several words ("não ... nenhum", "nie ... nic", "ne ... pas").
         negations=_negations(text, negations) if negations is NEGATIONS else min(1, _negations(text, negations)),
         entities=_entities(text, raw, nouns_capitalised=language in CAPITALISED_NOUNS),
         named_languages=_named_languages(text, words),
         question_words=frozenset(w for w in words[:4] if w in QUESTION_WORDS),
-        language=language if language in NEGATIONS_BY_LANGUAGE else detect_language(text, words),
+        language=language if language in _KNOWN_LANGUAGES else detect_language(text, words),
+        shape=answer_shape(words, text),
+        text=original,
     )
+
+
+def normal_words(raw: list[str]) -> tuple[str, ...]:
+    """The words in lower case, with English contractions spelled out ("what's" -> "what is", "don't" -> "do
+    not"), possessives reduced to their owner ("France's" -> "france") and British spellings made American,
+    so that the rules and the word features see through the form of a prompt."""
+    words: list[str] = []
+    for word in (_fold(w) for w in raw):
+        words += _expand(word)
+    return tuple(words)
+
+
+def _expand(word: str) -> list[str]:
+    if "'" not in word:
+        return [SPELLINGS.get(word, word)]
+    if word in _IRREGULAR_CONTRACTIONS:
+        return _IRREGULAR_CONTRACTIONS[word]
+    head, _, tail = word.rpartition("'")
+    if tail == "t" and head.endswith("n"):
+        return [head[:-1], "not"]
+    if tail == "s":
+        return [head, "is"] if head in _IS_BEFORE_S else [head]
+    return [head, _CONTRACTED[tail]] if tail in _CONTRACTED else [word]
 
 
 def _negations(text: str, negations: frozenset[str] = NEGATIONS) -> int:
@@ -183,21 +231,6 @@ def _negations(text: str, negations: frozenset[str] = NEGATIONS) -> int:
 
 def _fold(word: str) -> str:
     return word.lower().replace("’", "'")
-
-
-def _numbers(text: str, words: tuple[str, ...]) -> frozenset[str]:
-    found = {_normalize_number(n) for n in _NUMBER.findall(text)}
-    found.update(NUMBER_WORDS[w] for w in words if w in NUMBER_WORDS and w != "one")
-    return frozenset(found)
-
-
-def _normalize_number(number: str) -> str:
-    number = number.lstrip("+")
-    if re.fullmatch(r"-?\d{1,3}(,\d{3})+", number):
-        number = number.replace(",", "")
-    if "." in number and re.fullmatch(r"-?\d+\.\d+", number):
-        number = number.rstrip("0").rstrip(".")
-    return number
 
 
 def _entities(text: str, raw: list[str], *, nouns_capitalised: bool = False) -> frozenset[str]:
@@ -242,7 +275,7 @@ def detect_language(text: str, words: tuple[str, ...] | None = None) -> str | No
     letters = [ch for ch in text if ch.isalpha()]
     if not letters:
         return None
-    for code, blocks in _SCRIPTS:
+    for code, blocks in () if text.isascii() else _SCRIPTS:  # plain ASCII is in none of these scripts
         share = sum(1 for ch in letters if any(b in unicodedata.name(ch, "") for b in blocks)) / len(letters)
         if share > 0.3:
             if code == "zh" and any("HIRAGANA" in unicodedata.name(ch, "") or "KATAKANA" in unicodedata.name(ch, "")

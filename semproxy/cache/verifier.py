@@ -20,15 +20,19 @@ The model's weights, the word rarity table and the calibration curve ship with t
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 
 from semproxy.cache.pair_model import FloatArray, PairModel, WordRarity, pair_vector
+from semproxy.cache.reading import PairReader
 from semproxy.cache.records import Verdict
 from semproxy.cache.rules import rule_rejection
 from semproxy.cache.text import PromptFacts
+
+log = logging.getLogger("semproxy.cache")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -55,51 +59,81 @@ class Verifier(Protocol):
 
 
 class HitVerifier:
-    """Rules first, then the model at the operating point of the error budget."""
+    """Rules first, then the model at the operating point of the error budget; with a pair reader (English),
+    the trees' score is weighed with what the pair encoder reads and the blend's operating point decides."""
 
-    def __init__(self, model: PairModel, rarity: WordRarity, *, max_false_hit_rate: float) -> None:
-        self.model, self.rarity = model, rarity
+    def __init__(self, model: PairModel, rarity: WordRarity, *, max_false_hit_rate: float,
+                 reader: PairReader | None = None) -> None:
+        self.model, self.rarity, self.reader = model, rarity, reader
         self.max_false_hit_rate = max_false_hit_rate
         self.threshold = model.threshold_for(max_false_hit_rate)
         self.thresholds = {str(language): model.threshold_for(max_false_hit_rate, str(language))
                            for language in model.curve_languages}  # languages with their own curve
+        self.read_threshold = reader.blend.threshold_for(max_false_hit_rate) if reader is not None else 1.0
 
     @classmethod
     def packaged(cls, *, max_false_hit_rate: float, space: str = "minilm") -> HitVerifier:
-        """The verifier that ships for pairs embedded in `space` ("minilm" or "e5")."""
+        """The verifier that ships for pairs embedded in `space` ("minilm" or "e5"); the English one reads
+        pairs with the pair encoder, or, if that cannot load, decides by its trees alone."""
         return cls(PairModel.packaged(space=space), WordRarity.packaged(space=space),
-                   max_false_hit_rate=max_false_hit_rate)
+                   max_false_hit_rate=max_false_hit_rate, reader=_packaged_reader() if space == "minilm" else None)
 
     def verify(self, asked: PromptFacts, asked_vector: FloatArray, stored: PromptFacts,
                stored_vector: FloatArray, similarity: float) -> Verdict:
         """The verdict on one candidate."""
-        verdict = self._by_rule(asked, stored)
-        if verdict is not None:
-            return verdict
-        return self._by_score(self.score(asked, asked_vector, stored, stored_vector, similarity), asked.language)
+        return self.choose(asked, asked_vector, [Candidate(facts=stored, vector=stored_vector,
+                                                           similarity=similarity)])[1][0]
 
     def choose(self, asked: PromptFacts, asked_vector: FloatArray,
                candidates: Sequence[Candidate]) -> tuple[int | None, list[Verdict]]:
         """The nearest candidate the verifier accepts (candidates come nearest first), and every verdict.
 
-        The rules run first; the candidates they leave are scored by the model in one batch.
+        The rules run first; the candidates they leave are scored by the trees in one batch. A pair reader
+        then reads the nearest of them alone (usually the one served) and the rest together only if needed.
         """
         verdicts: list[Verdict | None] = [self._by_rule(asked, c.facts) for c in candidates]
         pending = [i for i, v in enumerate(verdicts) if v is None]
         if pending:
             rows = np.vstack([pair_vector(asked, asked_vector, candidates[i].facts, candidates[i].vector,
                                           candidates[i].similarity, self.rarity) for i in pending])
-            for i, score in zip(pending, self.model.score(rows), strict=True):
-                verdicts[i] = self._by_score(float(score), asked.language)
+            trees = dict(zip(pending, (float(s) for s in self.model.score(rows)), strict=True))
+            if self.reader is None:
+                for i in pending:
+                    verdicts[i] = self._by_score(trees[i], asked.language)
+            else:
+                self._read(self.reader, asked, candidates, trees, verdicts)
         final = [v for v in verdicts if v is not None]
         chosen = next((i for i, v in enumerate(final) if v.accepted), None)
         return chosen, final
 
+    def _read(self, reader: PairReader, asked: PromptFacts, candidates: Sequence[Candidate],
+              trees: dict[int, float], verdicts: list[Verdict | None]) -> None:
+        pending = sorted(trees)
+        for group in (pending[:1], pending[1:]):
+            if not group:
+                continue
+            scores = reader.scores(asked.text, [candidates[i].facts.text for i in group], [trees[i] for i in group],
+                                   [candidates[i].similarity for i in group])
+            for i, score in zip(group, scores, strict=True):
+                verdicts[i] = self._by_reading(float(score))
+            if any(verdicts[i].accepted for i in group):  # type: ignore[union-attr]
+                for i in pending:
+                    if verdicts[i] is None:
+                        verdicts[i] = Verdict(accepted=False, score=0.0, reason="not read: a nearer candidate fits")
+                return
+
     def threshold_at(self, max_false_hit_rate: float, language: str | None = None) -> float:
+        if self.reader is not None:
+            return self.reader.blend.threshold_for(max_false_hit_rate)
         return self.model.threshold_for(max_false_hit_rate, language)
 
     def _by_rule(self, asked: PromptFacts, stored: PromptFacts) -> Verdict | None:
         return rule_verdict(asked, stored)
+
+    def _by_reading(self, score: float) -> Verdict:
+        if score >= self.read_threshold:
+            return Verdict(accepted=True, score=score, reason=f"read: score >= {self.read_threshold:.3f}")
+        return Verdict(accepted=False, score=score, reason=f"read: score < {self.read_threshold:.3f}")
 
     def _by_score(self, score: float, language: str | None) -> Verdict:
         threshold = self.thresholds.get(language or "", self.threshold)
@@ -112,6 +146,15 @@ class HitVerifier:
         """The model's score alone (no rules, no threshold)."""
         features = pair_vector(asked, asked_vector, stored, stored_vector, similarity, self.rarity)
         return float(self.model.score(features)[0])
+
+
+def _packaged_reader() -> PairReader | None:
+    try:
+        return PairReader.packaged()
+    except Exception:  # a missing or broken model file must not take the cache down: the trees decide alone
+        log.warning("the pair encoder could not load; English candidates are decided by the trees alone",
+                    exc_info=True)
+        return None
 
 
 class RuleVerifier:

@@ -2,18 +2,69 @@
 
 import pytest
 
+from semproxy.cache.quantities import same_quantities
 from semproxy.cache.text import analyze, detect_language
 
 
 @pytest.mark.parametrize(("text", "numbers"), [
-    ("Convert 5 km to miles", {"5"}),
+    ("Convert 5 km to miles", {"5000 m"}),
     ("What is 1,000 plus 2.50?", {"1000", "2.5"}),
     ("Give me twenty ideas", {"20"}),
     ("Why do people check Google first?", set()),  # "first" is not a number here
-    ("Is a 10% tip enough?", {"10"}),
+    ("Which one is better?", set()),  # nor is a lone "one"
+    ("Is a 10% tip enough?", {"10 %"}),
 ])
 def test_numbers(text: str, numbers: set[str]) -> None:
     assert analyze(text).numbers == numbers
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    ("Plan a workout of 2 hours", "Plan a workout of 120 minutes"),
+    ("What can I do in Paris in a week?", "What can I do in Paris in 7 days?"),
+    ("Give me three ideas", "Give me 3 ideas"),
+    ("Is 15% a good tip?", "Is 15 percent a good tip?"),
+    ("How long to run 5 km?", "How long to run 5 kilometers?"),
+    ("Save $10,000 on a 50k salary", "Save 10 grand on a $50,000 salary"),
+    ("What should a 6-month-old baby eat?", "What should a six-month-old baby eat?"),
+])
+def test_the_same_quantity_written_another_way_is_the_same(first: str, second: str) -> None:
+    assert same_quantities(analyze(first).numbers, analyze(second).numbers)
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    ("How long to run 5 km?", "How long to run 5 miles?"),
+    ("Give me three ideas", "Give me 4 ideas"),
+    ("Plan a workout of 2 hours", "Plan a workout of 2 minutes"),
+])
+def test_other_quantities_differ(first: str, second: str) -> None:
+    assert not same_quantities(analyze(first).numbers, analyze(second).numbers)
+
+
+def test_number_words_of_a_known_language_count_with_their_unit() -> None:
+    assert analyze("Combien de temps pour faire dix kilomètres ?", "fr").numbers == {"10000 m"}
+    assert analyze("Il sugo è in frigo da due giorni", "it").numbers == analyze("Il sugo è in frigo da 48 ore",
+                                                                                   "it").numbers
+    assert analyze("Combien font 5 000 euros ?", "fr").numbers == {"5000 eur"}
+
+
+def test_contractions_possessives_and_spellings_are_seen_through() -> None:
+    assert analyze("What's France's favourite colour?").words == ("what", "is", "france", "favorite", "color")
+    assert analyze("I don't know, we can't say").words == ("i", "do", "not", "know", "we", "can", "not", "say")
+    assert analyze("Is it a non-profit?").words == analyze("Is it a nonprofit?").words
+
+
+@pytest.mark.parametrize(("text", "shape"), [
+    ("Explain TCP in one sentence", {"size:short"}),
+    ("Explain TCP in detail, as a table", {"size:long", "format:table"}),
+    ("Explain TCP like I'm five", {"audience:simple"}),
+    ("Describe the French Revolution for a 5-year-old", {"audience:child"}),
+    ("Write a 500-word essay on TCP", {"size:long", "format:essay"}),
+    ("Give me the data as JSON", {"format:json"}),
+    ("How long does TCP take to connect?", set()),  # "how long" asks a duration, not a long answer
+    ("Quick question: what is TCP?", set()),
+])
+def test_the_shape_of_the_asked_answer(text: str, shape: set[str]) -> None:
+    assert analyze(text).shape == shape
 
 
 def test_negations_count_but_either_or_phrases_do_not() -> None:
@@ -21,6 +72,7 @@ def test_negations_count_but_either_or_phrases_do_not() -> None:
     assert analyze("Is it safe to eat raw eggs without cooking?").negations == 1
     assert analyze("Pourquoi il ne pleut pas ?").negations == 2
     assert analyze("Do women like chocolate? Why or why not?").negations == 0
+    assert analyze("If it's not too much trouble, what is a mortgage?").negations == 0  # politeness
     assert analyze("Can I earn money with or without investment?").negations == 0
 
 

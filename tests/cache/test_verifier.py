@@ -24,6 +24,19 @@ def rejection(asked: str, stored: str) -> str | None:
     ("Money sent by India to Pakistan, and how Pakistan used it", "Money sent by Pakistan to India, and how "
      "Pakistan used it", "direction"),  # a name that appears twice
     ("Amazon SageMaker works with Adobe SageMaker", "Amazon SageMaker works with Amazon SageMaker", "name"),
+    ("Run 5 km every day", "Run 5 miles every day", "numbers"),
+    ("Is it legal to record a phone call?", "Is it illegal to record a phone call?", "opposites"),
+    ("What are the advantages of remote work?", "What are the disadvantages of remote work?", "opposites"),
+    ("How do I install numpy?", "How do I uninstall numpy?", "opposites"),
+    ("How do I encrypt a file?", "How do I decrypt a file?", "opposites"),
+    ("Is it a nonprofit company?", "Is it a profit company?", "opposites"),
+    ("Is this product useful?", "Is this product useless?", "opposites"),
+    ("Wie kann ich Aktien kaufen?", "Wie kann ich Aktien verkaufen?", "opposites"),
+    ("What does a dog think of its owner?", "What does an owner think of its dog?", "roles exchanged"),
+    ("How do cleaner fish help sharks?", "How do sharks help cleaner fish?", "roles exchanged"),
+    ("Explain TCP in one sentence", "Explain TCP in detail", "answer shape"),
+    ("Explain TCP", "Explain TCP briefly", "answer shape"),
+    ("Give me the data as JSON", "Give me the data as a table", "answer shape"),
 ])
 def test_rules_reject_swaps_with_a_reason(asked: str, stored: str, reason: str) -> None:
     why = rejection(asked, stored)
@@ -35,6 +48,12 @@ def test_rules_reject_swaps_with_a_reason(asked: str, stored: str, reason: str) 
     ("Which is better, computer science vs computer engineering?", "Computer engineering vs computer science?"),
     ("Do women like chocolate? Why or why not?", "Do women like chocolate?"),
     ("How do I learn Python quickly?", "What is the fastest way to learn python?"),
+    ("What is the population of Canada?", "What's Canada's population?"),
+    ("Plan a 2 hour workout", "Plan a workout of 120 minutes"),
+    ("Should I add salt and pepper?", "Should I add pepper and salt?"),  # "and" makes the order free
+    ("Why don't my cookies spread?", "Why do my cookies not spread?"),
+    ("How do I display hidden files?", "How can I display hidden files?"),  # "display" is no "not play"
+    ("Is a non-profit taxed?", "Is a nonprofit taxed?"),
 ])
 def test_rules_let_rewordings_through(asked: str, stored: str) -> None:
     assert rejection(asked, stored) is None

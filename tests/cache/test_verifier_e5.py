@@ -42,6 +42,9 @@ def test_a_same_language_rewording_is_served(verifier: HitVerifier, e5, asked: s
     assert found.accepted and not found.by_rule, found
 
 
-def test_a_word_swap_is_refused_by_the_model(verifier: HitVerifier, e5) -> None:  # type: ignore[no-untyped-def]
+def test_a_word_swap_is_refused(verifier: HitVerifier, e5) -> None:  # type: ignore[no-untyped-def]
     found = verdict(verifier, e5, "Der Hund hat den Mann gebissen.", "Der Mann hat den Hund gebissen.")
-    assert not found.accepted and not found.by_rule, found  # no rule sees it: the model must
+    assert not found.accepted and found.reason.startswith("roles exchanged"), found
+    # Only the articles' case tells who bit whom here: no rule sees it, so the model must.
+    found = verdict(verifier, e5, "Der Hund hat den Mann gebissen.", "Den Hund hat der Mann gebissen.")
+    assert not found.accepted and not found.by_rule, found

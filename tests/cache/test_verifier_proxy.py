@@ -27,6 +27,9 @@ SWAPS = [
     ("What is the capital of Australia?", "What is the capital of Austria?", "name"),
     ("Write a function to reverse a string in Python", "Write a function to reverse a string in JavaScript",
      "names"),
+    ("Is it legal to record a phone call?", "Is it illegal to record a phone call?", "opposites"),
+    ("What does a dog think of its owner?", "What does an owner think of its dog?", "roles exchanged"),
+    ("Explain how vaccines work in one sentence", "Explain how vaccines work in detail", "answer shape"),
 ]
 
 
@@ -61,6 +64,19 @@ async def test_a_rewording_hits_with_an_accepting_verdict(make_proxy, upstream: 
     assert second.headers["x-semproxy-verdict"].startswith("accept; score=")
     assert second.json()["choices"] == first.json()["choices"]
     assert len(upstream.completions()) == 1
+
+
+@pytest.mark.parametrize(("stored", "asked"), [
+    ("What is the population of Canada?", "Tell me Canada's population."),
+    ("How do I reverse a linked list in Python?", "In Python, how can I reverse a linked list?"),
+])
+async def test_a_natural_rewording_is_read_and_served(make_proxy, upstream: FakeOpenAI, minilm,  # type: ignore[no-untyped-def]
+                                                      verified: Settings, stored: str, asked: str) -> None:
+    proxy = await make_proxy(settings=verified, embedder=minilm)
+    await proxy.chat(stored)
+    response = await proxy.chat(asked)
+    assert response.headers["x-semproxy-cache"] == "semantic"
+    assert "read: score >=" in response.headers["x-semproxy-verdict"]  # the pair encoder read the pair
 
 
 async def test_a_stricter_budget_serves_fewer_rewordings(make_proxy, upstream: FakeOpenAI, minilm,  # type: ignore[no-untyped-def]
