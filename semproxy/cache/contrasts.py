@@ -93,13 +93,13 @@ def opposite_words(first: Sequence[str], second: Sequence[str]) -> tuple[str, st
     only_first = set(first) - set(second)
     only_second = set(second) - set(first)
     for word in sorted(only_first):
-        other = _opposite_in(word, only_second)
-        if other is not None:
-            return (word, other)
+        found = _opposite_in(word, only_second)
+        if found is not None:
+            return (word, found)
     for other in sorted(only_second):  # the prefixed form may be on either side
-        word = _opposite_in(other, only_first)
-        if word is not None:
-            return (word, other)
+        found = _opposite_in(other, only_first)
+        if found is not None:
+            return (found, other)
     return _negated_by_separate_prefix(first, second) or _negated_by_separate_prefix(second, first)
 
 

@@ -23,7 +23,7 @@ def verified(settings: Settings) -> Settings:
 SWAPS = [
     ("How many miles is 5 km?", "How many miles is 8 km?", "numbers"),
     ("Is it safe to eat raw eggs?", "Is it not safe to eat raw eggs?", "negation"),
-    ("Convert 100 EUR to USD", "Convert 100 USD to EUR", "direction"),
+    ("How long is the flight from Paris to Tokyo?", "How long is the flight from Tokyo to Paris?", "direction"),
     ("What is the capital of Australia?", "What is the capital of Austria?", "name"),
     ("Write a function to reverse a string in Python", "Write a function to reverse a string in JavaScript",
      "names"),
