@@ -484,12 +484,20 @@ def _language(text: str, rng: random.Random, which: str) -> str | None:
                                              ". Reply in French.", " in Spanish", ", in Rust"])
 
 
+def _other_phrase(text: str, phrases: Sequence[str], rng: random.Random) -> str | None:
+    """`text` with the first of `phrases` it contains replaced by another of them; None if it contains none."""
+    present = [p for p in phrases if p.lower() in text.lower()]
+    if not present:
+        return None
+    old = present[0]
+    start = text.lower().index(old.lower())
+    return text[:start] + rng.choice([p for p in phrases if p != old]) + text[start + len(old):]
+
+
 def _format(text: str, rng: random.Random, which: str) -> str | None:
-    present = [f for f in FORMATS if f.lower() in text.lower()]
-    if present:
-        old = present[0]
-        start = text.lower().index(old.lower())
-        return text[:start] + rng.choice([f for f in FORMATS if f != old]) + text[start + len(old):]
+    replaced = _other_phrase(text, FORMATS, rng)
+    if replaced is not None:
+        return replaced
     if not re.match(r"^(write|create|give|list|generate|make|summarize|explain|describe|draft|provide|show)\b",
                     text, flags=re.IGNORECASE) and rng.random() < 0.6:
         return None
@@ -498,11 +506,9 @@ def _format(text: str, rng: random.Random, which: str) -> str | None:
 
 
 def _scope(text: str, rng: random.Random, which: str) -> str | None:
-    present = [s for s in SCOPES if s.lower() in text.lower()]
-    if present:
-        old = present[0]
-        start = text.lower().index(old.lower())
-        return text[:start] + rng.choice([s for s in SCOPES if s != old]) + text[start + len(old):]
+    replaced = _other_phrase(text, SCOPES, rng)
+    if replaced is not None:
+        return replaced
     end = "?" if text.rstrip().endswith("?") else "."
     scope = rng.choice(SCOPES)
     if rng.random() < 0.3:
