@@ -37,7 +37,8 @@ import verifier_data as vd
 
 from bench.common import Checks, provenance, run_main, write_results
 from semproxy.cache.onnx_minilm import OnnxMiniLM
-from semproxy.cache.reading import BLEND_FILE, Blend, PairReader, logit
+from semproxy.cache.pair_encoder import PairEncoder
+from semproxy.cache.reading import BLEND_FILE, Blend, logit
 from semproxy.cache.text import analyze
 from semproxy.cache.verifier import HitVerifier, rule_verdict
 
@@ -68,7 +69,7 @@ def half_of(a: str, b: str) -> int:
 
 
 def score_set(name: str, pairs: list[tuple[str, str, bool]], vectors: dict[str, np.ndarray],
-              trees: HitVerifier, reader: PairReader) -> Scored:
+              trees: HitVerifier, encoder: PairEncoder) -> Scored:
     scored = Scored(name, negatives=sum(1 for *_, y in pairs if not y))
     reach = []
     for a, b, y in pairs:
@@ -79,7 +80,7 @@ def score_set(name: str, pairs: list[tuple[str, str, bool]], vectors: dict[str, 
         reach.append((a, b, y, cosine, trees.score(asked, vectors[b], stored, vectors[a], cosine)))
     for start in range(0, len(reach), 64):
         chunk = reach[start:start + 64]
-        read = reader.encoder.score([(a, b) for a, b, *_ in chunk])
+        read = encoder.score([(a, b) for a, b, *_ in chunk])
         for (a, b, y, cosine, tree), r in zip(chunk, read, strict=True):
             scored.labels.append(y)
             scored.halves.append(half_of(a, b))
@@ -140,7 +141,7 @@ def main() -> None:
     origin = provenance()
     checks = Checks()
     trees = HitVerifier.packaged(max_false_hit_rate=0.02, space="minilm")
-    reader = PairReader(training_encoder(), Blend((1.0, 0.0, 0.0), 0.0, GRID, np.zeros(len(GRID))))
+    encoder = PairEncoder.packaged()
     sets: list[Scored] = []
     for d in vd.load_all():
         rows = d.rows("calibrate")
@@ -149,7 +150,7 @@ def main() -> None:
             vectors[d.texts[d.left[r]]] = d.vectors[d.left[r]]
             vectors[d.texts[d.right[r]]] = d.vectors[d.right[r]]
         pairs = [(d.texts[d.left[r]], d.texts[d.right[r]], bool(d.labels[r])) for r in rows]
-        sets.append(score_set(d.name, pairs, vectors, trees, reader))
+        sets.append(score_set(d.name, pairs, vectors, trees, encoder))
     embedder = OnnxMiniLM()
     for name, pairs in generated_sets(GENERATED_PROMPTS).items():
         texts = sorted({t for a, b, _ in pairs for t in (a, b)})
@@ -157,7 +158,7 @@ def main() -> None:
         for start in range(0, len(texts), 32):
             chunk = texts[start:start + 32]
             vectors.update(zip(chunk, embedder.embed(chunk), strict=True))
-        sets.append(score_set(name, pairs, vectors, trees, reader))
+        sets.append(score_set(name, pairs, vectors, trees, encoder))
     for s in sets:
         checks.expect(len(s.labels) > 0, f"{s.name}: no pair reached the blend")
     checks.raise_if_failed()
@@ -180,11 +181,6 @@ def main() -> None:
                                  "sets": {s.name: {"reached": len(s.labels), "negatives": s.negatives}
                                           for s in sets}, "checks": checks.record()}, origin)
     log(f"weights {weights}, bias {bias:.3f}; wrote {BLEND_FILE}")
-
-
-def training_encoder():  # type: ignore[no-untyped-def]
-    from semproxy.cache.pair_encoder import PairEncoder
-    return PairEncoder.packaged()
 
 
 if __name__ == "__main__":
