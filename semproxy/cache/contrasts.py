@@ -130,7 +130,8 @@ def _opposite_in(word: str, others: set[str]) -> str | None:
 def _negated_by_separate_prefix(first: Sequence[str], second: Sequence[str]) -> tuple[str, str] | None:
     """"non-profit" (two words: "non", "profit") on one side, "profit" alone on the other."""
     for i, word in enumerate(first[:-1]):
-        if word in ("non", "anti", "un", "nicht") and first[i + 1] in second:
+        # "un" is not one of them: it is the article in French, Spanish and Italian.
+        if word in ("non", "anti", "nicht") and first[i + 1] in second:
             following = first[i + 1]
             if not any(second[j - 1] == word for j in range(1, len(second)) if second[j] == following):
                 return (f"{word}-{following}", following)
@@ -150,7 +151,7 @@ FORMATS = {
     "essay": "essay", "dialogue": "dialogue", "dialog": "dialogue",
     "story": "story", "letter": "letter", "email": "email", "mail": "email", "spreadsheet": "spreadsheet",
     "infographic": "infographic", "sms": "text message", "dict": "dictionary", "dictionary": "dictionary",
-    "press": "press release", "faq": "faq", "quiz": "quiz",
+    "faq": "faq", "quiz": "quiz",
     "gedicht": "poem", "poème": "poem", "poema": "poem", "poesia": "poem", "wiersz": "poem",
     "aufzählung": "bullets", "puces": "bullets",
 }

@@ -136,6 +136,13 @@ def _unit(vector: FloatArray) -> FloatArray:
     return flat / norm if norm else flat
 
 
+def operating_threshold(scores: NDArray[np.float64], false_hit_rates: NDArray[np.float64], budget: float) -> float:
+    """The lowest score of a calibration curve (ascending scores) whose false-hit rate is within the budget;
+    1.0 (nothing passes) when none is."""
+    within = np.nonzero(false_hit_rates <= budget)[0]
+    return float(scores[within[0]]) if len(within) else 1.0
+
+
 @dataclasses.dataclass(frozen=True)
 class PairModel:
     """Gradient-boosted trees over `pair_vector`, walked in numpy, with the calibration curve of their scores.
@@ -177,8 +184,7 @@ class PairModel:
         curve = self.curve_false_hit_rates
         if language is not None and language in self.curve_languages.tolist():
             curve = self.language_false_hit_rates[self.curve_languages.tolist().index(language)]
-        within = np.nonzero(curve <= max_false_hit_rate)[0]
-        return float(self.curve_scores[within[0]]) if len(within) else 1.0
+        return operating_threshold(self.curve_scores, curve, max_false_hit_rate)
 
     def with_curve(self, scores: NDArray[np.float64], false_hit_rates: NDArray[np.float64],
                    by_language: dict[str, NDArray[np.float64]] | None = None) -> PairModel:

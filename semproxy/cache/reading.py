@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from semproxy.cache.pair_encoder import PairEncoder
+from semproxy.cache.pair_model import operating_threshold
 
 BLEND_FILE = "pair_encoder_blend.json"
 _EPSILON = 1e-6
@@ -46,8 +47,7 @@ class Blend:
         return np.asarray(1.0 / (1.0 + np.exp(-z)))
 
     def threshold_for(self, max_false_hit_rate: float) -> float:
-        within = np.nonzero(self.curve_false_hit_rates <= max_false_hit_rate)[0]
-        return float(self.curve_scores[within[0]]) if len(within) else 1.0
+        return operating_threshold(self.curve_scores, self.curve_false_hit_rates, max_false_hit_rate)
 
     def to_json(self) -> str:
         return json.dumps({"weights": list(self.weights), "bias": self.bias,

@@ -54,6 +54,8 @@ def test_rules_reject_swaps_with_a_reason(asked: str, stored: str, reason: str) 
     ("Why don't my cookies spread?", "Why do my cookies not spread?"),
     ("How do I display hidden files?", "How can I display hidden files?"),  # "display" is no "not play"
     ("Is a non-profit taxed?", "Is a nonprofit taxed?"),
+    ("Un uomo accarezza un serpente.", "L'uomo accarezza il serpente."),  # "un" is the article, not a prefix
+    ("Summarise the Associated Press article on the vote", "Summarize the vote article"),  # no press release
 ])
 def test_rules_let_rewordings_through(asked: str, stored: str) -> None:
     assert rejection(asked, stored) is None
