@@ -2,6 +2,8 @@
 
 Raw ASGI under uvicorn (httptools, keep-alive), so the upstream itself costs as little as possible.
 Answers POST /v1/chat/completions (JSON, or SSE with "stream": true), POST /v1/embeddings, GET /v1/models.
+A chat whose last message is ECHO_SYSTEM is answered with the system prompt the upstream received (what a
+compressing proxy sent).
 
     .venv/bin/python bench/fake_upstream.py --port 18080      # base URL http://127.0.0.1:18080/v1
     .venv/bin/python bench/fake_upstream.py --delay-ms 50     # completions take 50 ms, like a fast model
@@ -16,16 +18,21 @@ import time
 from typing import Any
 
 DELAY = {"seconds": 0.0}  # set by --delay-ms
+ECHO_SYSTEM = "Echo the system prompt."
 _JSON = [(b"content-type", b"application/json")]
 _SSE = [(b"content-type", b"text/event-stream")]
 
 
 def _completion(body: dict[str, Any]) -> dict[str, Any]:
-    prompt = body.get("messages", [{}])[-1].get("content", "")
+    messages = body.get("messages", [{}])
+    prompt = messages[-1].get("content", "")
+    answer = f"Answer to: {prompt[:200]}"
+    if prompt == ECHO_SYSTEM:
+        answer = next((m.get("content", "") for m in messages if m.get("role") in ("system", "developer")), "")
     return {
         "id": "chatcmpl-bench", "object": "chat.completion", "created": int(time.time()),
         "model": body.get("model", "bench-model"),
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": f"Answer to: {prompt[:200]}"},
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
                      "logprobs": None, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 20, "completion_tokens": 12, "total_tokens": 32},
     }

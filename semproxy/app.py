@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 import httpx
@@ -36,9 +37,10 @@ from semproxy.cache.service import CachePolicy, SemanticCache
 from semproxy.cache.spaces import Routes, Spaces
 from semproxy.cache.store import EmbeddedStore, EntryStore
 from semproxy.cache.verifier import HitVerifier, RuleVerifier, Verifier
+from semproxy.compress.classifier import KeepClassifier
 from semproxy.compress.compressor import Compressor, SpanSafeCompressor
-from semproxy.compress.models import resolve_compression_model
-from semproxy.compress.scorers import PerplexityScorer, TokenClassifierScorer, load_prompt_compressor
+from semproxy.compress.models import BUNDLED_CLASSIFIER, resolve_compression_model
+from semproxy.compress.scorers import PerplexityScorer, Scorer, TokenClassifierScorer, load_prompt_compressor
 from semproxy.compress.service import CompressionPolicy, CompressionService
 from semproxy.compress.tokens import count_tokens, install_offline_encodings
 from semproxy.config import Settings, UpstreamConfig
@@ -150,20 +152,26 @@ def build_compression(settings: Settings, storage: Storage | None = None) -> Com
     results = storage if isinstance(storage, SqliteStorage) else SqliteStorage(settings.data_dir)
     policy = CompressionPolicy(
         rate=settings.compression_rate, min_tokens=settings.compression_min_tokens, wait=settings.compression_wait,
+        wait_seconds=settings.compression_wait_seconds, languages=frozenset(settings.compression_languages),
         fingerprint="|".join([settings.compression_method, settings.compression_model,
                               settings.compression_keep_start, settings.compression_keep_end]),
     )
-    return CompressionService(load_compressor=partial(load_compressor, settings),
-                              results=results, policy=policy)
+    return CompressionService(load_compressor=partial(load_compressor, settings), results=results, policy=policy,
+                              language_of=load_detector())
 
 
 def load_compressor(settings: Settings) -> Compressor:
-    """Make tiktoken offline, prepare the model folder, load it into llmlingua (slow: run it off the loop)."""
+    """Make tiktoken offline and load the scorer: the bundled classifier, or a model through llmlingua (slow:
+    run it off the loop)."""
     install_offline_encodings(settings.data_dir / "tiktoken")
-    model = resolve_compression_model(settings.compression_model, models_dir=settings.data_dir / "models")
-    llmlingua2 = settings.compression_method == "llmlingua2"
-    prompt_compressor = load_prompt_compressor(model, llmlingua2=llmlingua2)
-    scorer = TokenClassifierScorer(prompt_compressor) if llmlingua2 else PerplexityScorer(prompt_compressor)
+    scorer: Scorer
+    if settings.compression_method == "llmlingua2" and settings.compression_model == BUNDLED_CLASSIFIER:
+        scorer = KeepClassifier.packaged()
+    else:
+        model = resolve_compression_model(settings.compression_model, models_dir=settings.data_dir / "models")
+        llmlingua2 = settings.compression_method == "llmlingua2"
+        prompt_compressor = load_prompt_compressor(model, llmlingua2=llmlingua2)
+        scorer = TokenClassifierScorer(prompt_compressor) if llmlingua2 else PerplexityScorer(prompt_compressor)
     return SpanSafeCompressor(scorer, keep_markers=(settings.compression_keep_start, settings.compression_keep_end))
 
 
@@ -176,6 +184,20 @@ def compression_state(service: CompressionService | None) -> str:
     return "ready" if service.ready else "loading"
 
 
+def health_report(settings: Settings, cache: SemanticCache,
+                  compression: CompressionService | None) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body) of /healthz (/semproxy/healthz in middleware mode): "degraded", with the reason, when
+    a part that is switched on could not load; requests are still served, without that part."""
+    status, report = cache.health() if settings.cache_enabled else (200, {"status": "ok", "cache": False})
+    report["compression"] = compression_state(compression)
+    if compression is not None and compression.problem is not None:
+        earlier: list[str] = report.get("problems", [])  # type: ignore[assignment]
+        report["problems"] = [*earlier, f"compression: {compression.problem}"]
+        if report["status"] == "ok":
+            report["status"] = "degraded"
+    return status, report
+
+
 # ---------------------------------------------------------------- the layers, in both modes
 
 
@@ -186,7 +208,8 @@ def build_layers(inner: ASGIApp, settings: Settings, *, cache: SemanticCache, st
     app: ASGIApp = UpstreamTimer(_closing(inner, storage.close))
     if compression is not None:
         app = CompressionMiddleware(app, service=compression, max_body_bytes=settings.max_body_bytes)
-    app = CacheMiddleware(app, settings=settings, cache=cache, routes=routes)
+    app = CacheMiddleware(app, settings=settings, cache=cache, routes=routes,
+                          health=partial(health_report, settings, cache, compression))
     if settings.stats_enabled:
         app = _stats_layer(app, settings, cache, storage, proxy_mode=proxy_mode)
     return app
@@ -308,8 +331,7 @@ def _service(proxy: UpstreamProxy, settings: Settings, cache: SemanticCache,
         await proxy.transport.aclose()
 
     async def healthz(_: Request) -> JSONResponse:
-        status, report = cache.health() if settings.cache_enabled else (200, {"status": "ok", "cache": False})
-        report["compression"] = compression_state(compression)
+        status, report = health_report(settings, cache, compression)
         return JSONResponse(report, status_code=status)
 
     async def not_found(request: Request, _: Exception) -> Response:

@@ -117,6 +117,10 @@ async def test_a_compressor_that_cannot_load_never_fails_a_request(make_proxy, s
         response = await proxy.client.post("/v1/chat/completions", json=_chat(PROMPT))
         assert response.status_code == 200
     assert upstream.calls[-1].json()["messages"][0]["content"] == PROMPT
+    health = await proxy.client.get("/healthz")  # switched on but not working: said so, not "ok"
+    assert health.status_code == 200
+    assert health.json()["status"] == "degraded" and health.json()["compression"] == "failed: OSError: no model"
+    assert "compression: OSError: no model" in health.json()["problems"]
     await service.close()
 
 

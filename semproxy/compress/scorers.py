@@ -49,7 +49,7 @@ class PerplexityScorer:
         losses: list[float] = []
         for start in range(0, len(ids), WINDOW_TOKENS):
             losses += self._window_losses(ids[start:start + WINDOW_TOKENS])
-        return _mean_by_unit(units, offsets, losses)
+        return mean_by_unit(units, offsets, losses)
 
     def _window_losses(self, ids: list[int]) -> list[float]:
         """Surprisal of every token of the window; the first is scored after a BOS token, if the model has one."""
@@ -64,7 +64,7 @@ class PerplexityScorer:
         return values if prefix else [max(values, default=0.0), *values]  # no BOS: the first token is kept
 
 
-def _mean_by_unit(units: Sequence[Unit], offsets: Sequence[tuple[int, int]], losses: Sequence[float]) -> list[float]:
+def mean_by_unit(units: Sequence[Unit], offsets: Sequence[tuple[int, int]], losses: Sequence[float]) -> list[float]:
     """Average the scores of the tokens that overlap each unit (both lists are in text order)."""
     totals = [0.0] * len(units)
     counts = [0] * len(units)
@@ -91,7 +91,7 @@ class TokenClassifierScorer:
             [text], rate=rate, return_word_label=True, word_sep="\0\0", label_sep="\0")
         labelled = [item.rsplit("\0", 1) for item in result["fn_labeled_original_prompt"].split("\0\0") if item]
         ranges, labels = _align(text, [(word, float(label)) for word, label in labelled])
-        return _mean_by_unit(units, ranges, labels)
+        return mean_by_unit(units, ranges, labels)
 
 
 def _align(text: str, words: Sequence[tuple[str, float]]) -> tuple[list[tuple[int, int]], list[float]]:

@@ -29,12 +29,27 @@ _INLINE_PATTERNS = [
     r"(?<![\w'])'[^'\n]{1,300}'(?![\w'])",  # single-quoted strings, not apostrophes
     r"\S*\d\S*",  # anything containing a digit: numbers, versions, dates, amounts with units
 ]
-KEEP_WORDS = frozenset({
-    "not", "no", "nor", "never", "none", "neither", "without", "cannot", "can't", "don't", "doesn't", "didn't",
-    "won't", "wouldn't", "shouldn't", "mustn't", "isn't", "aren't", "wasn't", "weren't", "haven't", "hasn't",
-    "hadn't", "couldn't", "unless", "except", "only", "must", "always", "exactly", "don’t", "doesn’t", "can’t",
-    "won’t", "isn’t",
-})
+# The words that flip or bind an instruction, per language semproxy compresses or may be asked to: a word
+# that is one of them in any of these languages is kept in every prompt (over-protecting a rare English "sin"
+# costs a token; dropping a Spanish "no" inverts an instruction).
+KEEP_WORDS_BY_LANGUAGE = {
+    "en": "not no nor never none neither without cannot can't don't doesn't didn't won't wouldn't shouldn't mustn't "
+          "isn't aren't wasn't weren't haven't hasn't hadn't couldn't unless except only must always exactly",
+    "de": "nicht kein keine keinen keinem keiner keines nie niemals nichts ohne nur muss müssen musst müsst darf "
+          "dürfen immer außer ausschließlich weder genau",
+    "fr": "ne pas jamais aucun aucune rien sans seulement uniquement doit doivent devez dois toujours sauf ni non "
+          "exactement",
+    "es": "no nunca jamás ningún ninguna ninguno nada nadie sin solo sólo solamente únicamente debe deben debes "
+          "siempre excepto salvo ni tampoco exactamente",
+    "it": "non mai nessun nessuno nessuna niente nulla senza soltanto solamente deve devono devi sempre tranne "
+          "eccetto né esattamente",
+    "nl": "niet geen nooit niets zonder alleen uitsluitend moet moeten altijd behalve noch precies",
+    "pt": "não nunca jamais nenhum nenhuma sem só somente apenas devem sempre exceto nem exatamente",
+    "pl": "nie nigdy żaden żadna żadne żadnych żadnego żadnej nic bez tylko wyłącznie musi musisz muszą musicie "
+          "zawsze oprócz poza ani dokładnie",
+}
+KEEP_WORDS = frozenset(word for words in KEEP_WORDS_BY_LANGUAGE.values() for word in words.split())
+_ELIDED_NEGATION = ("n'", "n’")  # French "n'est", "n’a": the elided "ne"
 _WORD = re.compile(r"\S+")
 _EDGE_PUNCTUATION = ".,;:!?()[]\"'“”‘’*_"
 
@@ -110,7 +125,8 @@ def _words(text: str, start: int, end: int) -> list[Unit]:
     for match in _WORD.finditer(text, start, end):
         bare = match.group().strip(_EDGE_PUNCTUATION).lower()
         # A word that is only punctuation (a bullet, a dash) is structure; keep it.
-        protected = bare in KEEP_WORDS or not bare
+        protected = bare in KEEP_WORDS or bare.startswith(_ELIDED_NEGATION) or not bare
+        protected = protected or bare.replace("’", "'") in KEEP_WORDS
         found.append(Unit(match.start(), match.end(), protected=protected))
     return found
 

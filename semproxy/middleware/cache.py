@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from semproxy.cache.keys import make_key, uncacheable_reason
@@ -56,8 +56,10 @@ class CacheMiddleware:
     """Answers repeated and near-duplicate requests from the cache; forwards and stores the rest."""
 
     def __init__(self, app: ASGIApp, *, settings: Settings, cache: SemanticCache,
-                 routes: Mapping[str, Kind] = DEFAULT_ROUTES) -> None:
+                 routes: Mapping[str, Kind] = DEFAULT_ROUTES,
+                 health: Callable[[], tuple[int, dict[str, Any]]] | None = None) -> None:
         self.app = app
+        self.health = health or cache.health  # the composition root adds the other layers' state
         self.settings = settings
         self.cache = cache
         self.routes = dict(routes)
@@ -74,7 +76,7 @@ class CacheMiddleware:
         path = route_path(scope) if scope["type"] == "http" else None
         if path == HEALTH_PATH:
             self.start()
-            status, report = self.cache.health()
+            status, report = self.health()
             await send_response(send, status, json.dumps(report).encode(), JSON_HEADERS)
             return
         kind = self.routes.get(path) if path is not None else None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -74,7 +76,7 @@ def _service(tmp_path: Path, scorer: object, **policy: object) -> CompressionSer
 @pytest.mark.anyio
 async def test_background_mode_forwards_the_first_and_stores_for_the_next(tmp_path: Path) -> None:
     scorer = FakeScorer()
-    service = _service(tmp_path, scorer)
+    service = _service(tmp_path, scorer, wait=False)
     service.start()
     assert await service.compressed(PROMPT) is None  # the first request goes out as it is
     service.drain()
@@ -84,7 +86,7 @@ async def test_background_mode_forwards_the_first_and_stores_for_the_next(tmp_pa
     assert scorer.calls == 1  # compressed once, then reused
     await service.close()
 
-    again = _service(tmp_path, FakeScorer())  # a restart finds the stored result
+    again = _service(tmp_path, FakeScorer(), wait=False)  # a restart finds the stored result
     again.start()
     assert await again.compressed(PROMPT) is None
     again.drain()
@@ -99,6 +101,62 @@ async def test_wait_mode_compresses_before_answering(tmp_path: Path) -> None:
     service.drain()  # the compressor is loaded
     result = await service.compressed(PROMPT)
     assert result is not None and result.compressed != PROMPT
+    await service.close()
+
+
+class SlowScorer(FakeScorer):
+    """Takes `seconds` per prompt: a compressor slower than the wait."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def score(self, text: str, units: Sequence[Unit], *, rate: float) -> list[float]:
+        time.sleep(self.seconds)
+        return super().score(text, units, rate=rate)
+
+
+@pytest.mark.anyio
+async def test_the_wait_is_bounded_and_a_late_compression_still_serves_the_next_request(tmp_path: Path) -> None:
+    scorer = SlowScorer(0.6)
+    service = _service(tmp_path, scorer, wait=True, wait_seconds=0.1)
+    service.start()
+    service.drain()
+    started = time.monotonic()
+    assert await service.compressed(PROMPT) is None  # not ready within the wait: forwarded as it is
+    assert time.monotonic() - started < 0.5
+    service.drain()
+    result = await service.compressed(PROMPT)  # finished in the background all the same
+    assert result is not None and result.compressed != PROMPT and scorer.calls == 1
+    await service.close()
+
+
+@pytest.mark.anyio
+async def test_concurrent_requests_for_a_new_prompt_compress_it_once(tmp_path: Path) -> None:
+    scorer = SlowScorer(0.2)
+    service = _service(tmp_path, scorer, wait=True, wait_seconds=5.0)
+    service.start()
+    service.drain()
+    results = await asyncio.gather(*(service.compressed(PROMPT) for _ in range(8)))
+    assert scorer.calls == 1
+    assert all(r is not None and r == results[0] for r in results)
+    await service.close()
+
+
+@pytest.mark.anyio
+async def test_languages_the_compressor_does_not_handle_are_left_alone(tmp_path: Path) -> None:
+    scorer = FakeScorer()
+    german = "Du bist ein Kundendienst-Assistent. Gib niemals interne Notizen heraus. " * 12
+    service = CompressionService(
+        load_compressor=lambda: SpanSafeCompressor(scorer, keep_markers=MARKERS), results=SqliteStorage(tmp_path),
+        policy=CompressionPolicy(rate=0.5, min_tokens=50, languages=frozenset({"en"})),
+        language_of=lambda text: "de" if "Kundendienst" in text else "en")
+    service.start()
+    service.drain()
+    assert await service.compressed(german) is None
+    assert scorer.calls == 0
+    english = await service.compressed(PROMPT)
+    assert english is not None and english.compressed != PROMPT and scorer.calls == 1
     await service.close()
 
 

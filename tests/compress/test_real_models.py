@@ -1,5 +1,5 @@
-"""The real compressors, loaded offline: SmolLM2 converted from its GGUF file, and a LLMLingua-2 model
-built by the test itself (no hub is reachable, and none may be used)."""
+"""The real compressors, loaded offline: the bundled classifier (the default), SmolLM2 converted from its GGUF
+file, and a LLMLingua-2 model built by the test itself (no hub is reachable, and none may be used)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from semproxy.app import load_compressor
-from semproxy.compress.models import DEFAULT_COMPRESSION_MODEL, resolve_compression_model
+from semproxy.compress.models import SMOLLM2, resolve_compression_model
 from semproxy.compress.spans import units
 from semproxy.config import Settings
 from tests.compress.test_spans_and_tokens import MUST_SURVIVE, PROMPT
@@ -24,12 +24,38 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(data_dir=tmp_path_factory.mktemp("data"))
 
 
-def test_default_model_is_converted_once_and_compresses_the_gsm8k_prompt(settings: Settings) -> None:
+def test_the_bundled_classifier_is_the_default_and_compresses_the_gsm8k_prompt(settings: Settings) -> None:
+    assert (settings.compression_method, settings.compression_model) == ("llmlingua2", "bundled")
     compressor = load_compressor(settings)
-    folder = settings.data_dir / "models" / DEFAULT_COMPRESSION_MODEL
+    text = _gsm8k_prompt()
+    result = compressor.compress(text, rate=0.5)
+    original, compressed = result.tokens["cl100k_base"]
+    assert compressed < 0.8 * original
+    _assert_protected_intact(text, result.compressed)
+    for span in MUST_SURVIVE:
+        assert span in compressor.compress(PROMPT, rate=0.3).compressed
+
+
+def test_the_classifier_keeps_content_words_over_function_words() -> None:
+    """What it learnt from LLMLingua: in a plain instruction, articles and prepositions go before the nouns."""
+    from semproxy.compress.classifier import KeepClassifier
+
+    text = ("You are a friendly assistant for the customers of a small bakery in the town of Bristol. "
+            "Answer the questions of the customers about the opening hours, the cakes and the prices.")
+    pieces = units(text)
+    scores = dict(zip((text[u.start:u.end].strip(".,").lower() for u in pieces),
+                      KeepClassifier.packaged().score(text, pieces, rate=0.5), strict=True))
+    for content in ("bakery", "bristol", "cakes", "customers"):
+        for function in ("the", "a", "of"):
+            assert scores[content] > scores[function], (content, function, scores)
+
+
+def test_smollm2_is_converted_once_and_compresses_the_gsm8k_prompt(settings: Settings) -> None:
+    compressor = load_compressor(dataclasses.replace(settings, compression_method="llmlingua", compression_model=""))
+    folder = settings.data_dir / "models" / SMOLLM2
     assert (folder / "config.json").is_file()
     stamp = (folder / "config.json").stat().st_mtime
-    assert resolve_compression_model(DEFAULT_COMPRESSION_MODEL, models_dir=settings.data_dir / "models") == str(folder)
+    assert resolve_compression_model(SMOLLM2, models_dir=settings.data_dir / "models") == str(folder)
     assert (folder / "config.json").stat().st_mtime == stamp  # reused, not converted again
 
     text = _gsm8k_prompt()

@@ -82,3 +82,59 @@ def test_llmlingua_builds_offline(monkeypatch: pytest.MonkeyPatch) -> None:
 ])
 def test_encoding_per_model(model: str, encoding: str) -> None:
     assert encoding_name(model) == encoding
+
+
+_SEED_IN_A_CHILD = """
+import os, sys, time
+from pathlib import Path
+from semproxy.compress.tokens import count_tokens, install_offline_encodings
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+install_offline_encodings(Path(sys.argv[1]))
+assert count_tokens("hello world", "gpt-4o") == 2
+"""
+
+
+def test_components_seeding_a_fresh_folder_at_once_never_collide(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compressor and the statistics layer of several processes, each with threads, seed tiktoken's folder
+    at the same moment (a fresh data dir): every one succeeds, the files are whole, no temporary file is left."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from semproxy.app import _token_counter
+    from semproxy.compress.tokens import install_offline_encodings
+
+    monkeypatch.delenv("TIKTOKEN_CACHE_DIR", raising=False)
+    folder = tmp_path / "data" / "tiktoken"
+    start = time.time() + 1.5
+    env = {k: v for k, v in os.environ.items() if k != "TIKTOKEN_CACHE_DIR"}
+    children = [subprocess.Popen([sys.executable, "-c", _SEED_IN_A_CHILD, str(folder), str(start)], env=env)
+                for _ in range(3)]
+    barrier, failures = threading.Barrier(6), []
+
+    def seed(component: str) -> None:
+        barrier.wait()
+        try:
+            if component == "stats":
+                assert _token_counter(tmp_path / "data")("hello world", "gpt-4o") == 2
+            else:
+                install_offline_encodings(folder)
+        except Exception as exc:  # collected: an assertion in a thread would not fail the test
+            failures.append(exc)
+
+    time.sleep(max(0.0, start - time.time()))
+    threads = [threading.Thread(target=seed, args=(c,)) for c in ("stats", "compressor") * 3]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert [child.wait(timeout=60) for child in children] == [0, 0, 0]
+    assert failures == []
+    assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp")) == []
+    for name, sha256 in ENCODINGS.items():
+        url = f"https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
+        assert hashlib.sha256((folder / hashlib.sha1(url.encode()).hexdigest()).read_bytes()).hexdigest() == sha256
