@@ -313,7 +313,7 @@ def agreement(validation: list[dict[str, Any]]) -> dict[str, float]:
     from semproxy.compress.classifier import KeepClassifier
 
     student = KeepClassifier.packaged()
-    rhos, overlaps = [], []
+    rhos, overlaps, baseline = [], [], []
     for row in validation:
         pieces = units(row["text"], keep_markers=MARKERS)
         scored = {(u.start, u.end): s for u, s in zip(pieces, student.score(row["text"], pieces, rate=0.5),
@@ -323,11 +323,15 @@ def agreement(validation: list[dict[str, Any]]) -> dict[str, float]:
         if len(teacher) < 10:
             continue
         rhos.append(spearman(np.array(teacher), np.array(mine)))
+        # A heuristic to beat: longer words carry more (the teacher's surprisal grows with a word's pieces).
+        lengths = [len(row["text"][int(w[0]):int(w[1])]) + 1e-3 * i for i, w in enumerate(row["words"])]
+        baseline.append(spearman(np.array(teacher), np.array(lengths)))
         half_n = len(teacher) // 2
         top_teacher = set(np.argsort(teacher)[-half_n:])
         top_mine = set(np.argsort(mine)[-half_n:])
         overlaps.append(len(top_teacher & top_mine) / half_n)
     return {"texts": len(rhos), "spearman_median": round(float(np.median(rhos)), 3),
+            "word_length_spearman_median": round(float(np.median(baseline)), 3),
             "kept_overlap_at_half_median": round(float(np.median(overlaps)), 3)}
 
 

@@ -44,12 +44,21 @@ def test_config_file_from_the_environment(tmp_path: Path) -> None:
     ("port = 'many'", "port"),
     ("semantic_enabled = 'perhaps'", "semantic_enabled"),
     ("this is not toml", "not valid TOML"),
+    ("compression_languages = ['en', 'de-x']", "compression_languages"),
+    ("compression_wait_seconds = 0", "compression_wait_seconds"),
 ])
 def test_bad_settings_are_reported_clearly(tmp_path: Path, text: str, message: str) -> None:
     config = tmp_path / "bad.toml"
     config.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_settings(config_file=config, environ={})
+
+
+def test_the_compression_model_defaults_to_the_methods_own() -> None:
+    assert Settings().compression_model == "bundled"  # the classifier in the package: nothing to install
+    assert Settings(compression_method="llmlingua").compression_model == "SmolLM2-135M-Instruct"
+    assert Settings(compression_method="llmlingua", compression_model="/models/x").compression_model == "/models/x"
+    assert load_settings(environ={"SEMPROXY_COMPRESSION_LANGUAGES": "en, DE"}).compression_languages == ("en", "de")
 
 
 def test_bad_environment_value() -> None:

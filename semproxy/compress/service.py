@@ -110,6 +110,8 @@ class CompressionService:
 
         None means: send the prompt as it is (too short, not compressed yet, or compression failed).
         """
+        if len(text) < self.policy.min_tokens and len(text.encode()) < self.policy.min_tokens:
+            return None  # a token is at least one byte: surely too short, and no thread hop to learn it
         key = self.key(text)
         with self._memory_lock:
             if key in self._memory:

@@ -49,9 +49,9 @@ KEEP_WORDS_BY_LANGUAGE = {
           "zawsze oprócz poza ani dokładnie",
 }
 KEEP_WORDS = frozenset(word for words in KEEP_WORDS_BY_LANGUAGE.values() for word in words.split())
-_ELIDED_NEGATION = ("n'", "n’")  # French "n'est", "n’a": the elided "ne"
+_ELIDED_NEGATION = ("n'", "n’")  # French "n'est" (typographic apostrophe too): the elided "ne"
 _WORD = re.compile(r"\S+")
-_EDGE_PUNCTUATION = ".,;:!?()[]\"'“”‘’*_"
+_EDGE_PUNCTUATION = ".,;:!?()[]\"'“”‘’*_-–—•#>"  # a word of these alone is structure: a bullet, a heading mark
 
 
 @dataclasses.dataclass(frozen=True)

@@ -165,9 +165,12 @@ async def test_short_prompts_are_left_alone(tmp_path: Path) -> None:
     scorer = FakeScorer()
     service = _service(tmp_path, scorer)
     service.start()
-    await service.compressed("You are a helpful assistant.")
-    service.drain()
-    assert await service.compressed("You are a helpful assistant.") is None
+    short = "You are a helpful assistant."  # fewer bytes than min_tokens: decided without counting
+    longer = "You are a helpful assistant who answers in English. " * 3  # more bytes, fewer tokens: counted
+    for text in (short, longer):
+        await service.compressed(text)
+        service.drain()
+        assert await service.compressed(text) is None
     assert scorer.calls == 0
     await service.close()
 

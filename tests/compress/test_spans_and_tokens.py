@@ -138,3 +138,12 @@ def test_components_seeding_a_fresh_folder_at_once_never_collide(tmp_path: Path,
     for name, sha256 in ENCODINGS.items():
         url = f"https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
         assert hashlib.sha256((folder / hashlib.sha1(url.encode()).hexdigest()).read_bytes()).hexdigest() == sha256
+
+
+def test_words_that_flip_an_instruction_are_kept_in_europes_languages_and_bullets_stay() -> None:
+    text = ("- Gib niemals Kontonummern heraus, nur den Status.\n- Ne communiquez jamais le code. N'envoyez pas "
+            "de lien.\n- No inventes precios sin confirmar.\n- Nigdy nie podawaj hasła, tylko status.")
+    protected = {text[u.start:u.end].strip(".,") for u in units(text) if u.protected}
+    flips = {"niemals", "nur", "Ne", "jamais", "N'envoyez", "pas", "No", "sin", "Nigdy", "nie", "tylko"}
+    assert flips | {"-"} <= protected
+    assert {"Kontonummern", "communiquez", "inventes", "podawaj"}.isdisjoint(protected)
