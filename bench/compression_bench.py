@@ -107,9 +107,19 @@ def main() -> None:
 
 # ------------------------------------------------------------------------------------------------ in process
 
+_CUTS: dict[tuple[int, str, float], tuple[str, float, list[str], list[str]]] = {}
+
+
 def _cut(compressor: Any, text: str, rate: float) -> tuple[str, float, list[str], list[str]]:
     """The compressed text, the seconds it took, and the compressible words kept and dropped (a word of the
-    prompt is kept as many times as it occurs in the output)."""
+    prompt is kept as many times as it occurs in the output). Each prompt is compressed once per compressor."""
+    key = (id(compressor), text, rate)
+    if key not in _CUTS:
+        _CUTS[key] = _compress(compressor, text, rate)
+    return _CUTS[key]
+
+
+def _compress(compressor: Any, text: str, rate: float) -> tuple[str, float, list[str], list[str]]:
     started = time.perf_counter()
     compressed = compressor.compress(text, rate=rate).compressed
     seconds = time.perf_counter() - started
@@ -224,15 +234,20 @@ def _first_seen_prompts(count: int, heldout: list[str]) -> list[str]:
     rng = random.Random(7)
     prompts = []
     for i in range(count):
-        parts, tokens = [], 0
-        while tokens < 560:
-            part = rng.choice(heldout)
-            parts.append(part)
-            tokens += count_tokens(part)
+        parts: list[str] = []
+        while count_tokens("\n\n".join(parts)) < 600:
+            parts.append(rng.choice(heldout))
+        body = _first_tokens("\n\n".join(parts), 600)
         day = datetime.date(2026, 1, 1) + datetime.timedelta(days=i)
-        head = f"You are talking to {NAMES[i % len(NAMES)]}. Today is {day:%A, %d %B %Y}.\n\n"
-        prompts.append(head + "\n\n".join(parts))
+        prompts.append(f"You are talking to {NAMES[i % len(NAMES)]}. Today is {day:%A, %d %B %Y}.\n\n{body}")
     return prompts
+
+
+def _first_tokens(text: str, tokens: int) -> str:
+    """About the first `tokens` tokens of `text`, ending at a sentence or line end."""
+    ends = [m.end() for m in re.finditer(r"[.!?:]\s|\n", text)]
+    fitting = [end for end in ends if count_tokens(text[:end]) <= tokens]
+    return text[: fitting[-1]].rstrip() if fitting else text
 
 
 def _through_the_proxy(first_seen: int, requests: int, heldout: list[str], seen_prompt: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ _INLINE_PATTERNS = [
     r"[\w.+-]+@[\w-]+\.[\w.-]+",  # e-mail addresses
     r"\{\{.*?\}\}|\{%.*?%\}|\$\{[^}\n]+\}|\{[^{}\s]{1,64}\}|%\(\w+\)[sdfr]|%[sdfr]\b",  # placeholders
     r"</?[A-Za-z][\w:-]*(?:\s[^<>\n]*)?/?>",  # XML / HTML tags
-    r"\"[^\"\n]{1,300}\"|“[^”\n]{1,300}”|‘[^’\n]{1,300}’|«[^»\n]{1,300}»",  # quoted strings
+    r"\"[^\"\n]{1,300}\"|“[^”\n]{1,300}”|‘[^’\n]{1,300}’|«[^»\n]{1,300}»|„[^“”\n]{1,300}[“”]",  # quoted strings
     r"(?<![\w'])'[^'\n]{1,300}'(?![\w'])",  # single-quoted strings, not apostrophes
     r"\S*\d\S*",  # anything containing a digit: numbers, versions, dates, amounts with units
 ]
@@ -34,24 +34,28 @@ _INLINE_PATTERNS = [
 # costs a token; dropping a Spanish "no" inverts an instruction).
 KEEP_WORDS_BY_LANGUAGE = {
     "en": "not no nor never none neither without cannot can't don't doesn't didn't won't wouldn't shouldn't mustn't "
-          "isn't aren't wasn't weren't haven't hasn't hadn't couldn't unless except only must always exactly",
+          "isn't aren't wasn't weren't haven't hasn't hadn't couldn't unless except only must always exactly "
+          "forbidden prohibited mandatory required",
     "de": "nicht kein keine keinen keinem keiner keines nie niemals nichts ohne nur muss müssen musst müsst darf "
-          "dürfen immer außer ausschließlich weder genau",
-    "fr": "ne pas jamais aucun aucune rien sans seulement uniquement doit doivent devez dois toujours sauf ni non "
-          "exactement",
+          "dürfen darfst dürft immer außer ausschließlich weder genau verboten untersagt pflicht erforderlich",
+    "fr": "ne pas jamais aucun aucune aucuns rien sans seulement uniquement doit doivent devez dois toujours sauf ni "
+          "non exactement interdit interdite interdits interdites obligatoire obligatoires",
     "es": "no nunca jamás ningún ninguna ninguno nada nadie sin solo sólo solamente únicamente debe deben debes "
-          "siempre excepto salvo ni tampoco exactamente",
+          "siempre excepto salvo ni tampoco exactamente exclusivamente prohibido prohibida prohibidos prohibidas "
+          "obligatorio obligatoria obligatorios obligatorias",
     "it": "non mai nessun nessuno nessuna niente nulla senza soltanto solamente deve devono devi sempre tranne "
-          "eccetto né esattamente",
-    "nl": "niet geen nooit niets zonder alleen uitsluitend moet moeten altijd behalve noch precies",
-    "pt": "não nunca jamais nenhum nenhuma sem só somente apenas devem sempre exceto nem exatamente",
+          "eccetto né esattamente vietato vietata vietati obbligatorio obbligatoria",
+    "nl": "niet geen nooit niets zonder alleen uitsluitend moet moeten altijd behalve noch precies verboden "
+          "verplicht",
+    "pt": "não nunca jamais nenhum nenhuma sem só somente apenas devem sempre exceto nem exatamente proibido "
+          "proibida obrigatório obrigatória",
     "pl": "nie nigdy żaden żadna żadne żadnych żadnego żadnej nic bez tylko wyłącznie musi musisz muszą musicie "
-          "zawsze oprócz poza ani dokładnie",
+          "zawsze oprócz poza ani dokładnie niczego nikomu nikt należy trzeba wolno zakazane zakazany zakazana",
 }
 KEEP_WORDS = frozenset(word for words in KEEP_WORDS_BY_LANGUAGE.values() for word in words.split())
 _ELIDED_NEGATION = ("n'", "n’")  # French "n'est" (typographic apostrophe too): the elided "ne"
 _WORD = re.compile(r"\S+")
-_EDGE_PUNCTUATION = ".,;:!?()[]\"'“”‘’*_-–—•#>"  # a word of these alone is structure: a bullet, a heading mark
+_EDGE_PUNCTUATION = ".,;:!?()[]\"'“”‘’„«»‹›*_-–—•#>"  # a word of these alone is structure: a bullet, a heading mark
 
 
 @dataclasses.dataclass(frozen=True)

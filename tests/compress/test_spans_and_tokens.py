@@ -147,3 +147,6 @@ def test_words_that_flip_an_instruction_are_kept_in_europes_languages_and_bullet
     flips = {"niemals", "nur", "Ne", "jamais", "N'envoyez", "pas", "No", "sin", "Nigdy", "nie", "tylko"}
     assert flips | {"-"} <= protected
     assert {"Kontonummern", "communiquez", "inventes", "podawaj"}.isdisjoint(protected)
+    quoted = "Antworte mit „Bitte warten Sie kurz“ oder „Proszę czekać”."
+    kept = {quoted[u.start:u.end] for u in units(quoted) if u.protected}
+    assert kept >= {"„Bitte warten Sie kurz“", "„Proszę czekać”"}
