@@ -4,8 +4,9 @@
    the held-out half of the awesome-chatgpt-prompts of 200 tokens or more (the classifier was distilled on the
    other half), and hand-written system prompts in German, French, Spanish and Polish
    (`bench/data/system_prompts_eu.jsonl`): ratio, time, tokens per second, protected spans kept, the words that
-   bind an instruction kept, and which words go (the share of dropped words that are among the language's
-   most frequent words, counted on STS-B's machine-translated train sentences: function words).
+   bind an instruction kept, and which words go: the share of dropped words that are among the language's
+   60 most frequent words (counted on STS-B's machine-translated train sentences: function words), and that
+   share over their share of all compressible words (the lift: 1 means the compressor does not tell them apart).
    The classifier's throughput is measured over every held-out awesome prompt.
 2. Faithfulness on GSM8K without a hosted LLM: for each of the 1,319 test questions, the request semproxy
    would send (compressed worked examples + the untouched question) still holds every number of the prompt
@@ -148,8 +149,10 @@ def _corpus(compressor: Any, texts: list[str], language: str,
     frequent = _frequent_words(language)
     tokens = kept_tokens = 0
     seconds, intact, dropped, ratios, binding_lost = 0.0, 0, collections.Counter[str](), [], []
+    compressible = collections.Counter[str]()
     for i, text in enumerate(texts):
-        compressed, took, _, gone = _cut(compressor, text, RATE)
+        compressed, took, stayed, gone = _cut(compressor, text, RATE)
+        compressible.update(_bare(w) for w in [*stayed, *gone])
         before, after = count_tokens(text), count_tokens(compressed)
         tokens, kept_tokens, seconds = tokens + before, kept_tokens + after, seconds + took
         ratios.append(before / after)
@@ -158,12 +161,16 @@ def _corpus(compressor: Any, texts: list[str], language: str,
         for word in (must_keep[i] if must_keep else []):
             if _occurrences(word, compressed) < _occurrences(word, text):
                 binding_lost.append(word)
-    drops = sum(dropped.values())
+    drops, words = sum(dropped.values()), sum(compressible.values())
+    dropped_share = sum(n for w, n in dropped.items() if w in frequent) / drops
+    word_share = sum(n for w, n in compressible.items() if w in frequent) / words
     return {"prompts": len(texts), "tokens": tokens, "compressed_tokens": kept_tokens,
             "ratio": round(tokens / kept_tokens, 2), "ratio_median": round(statistics.median(ratios), 2),
             "tokens_per_second": round(tokens / seconds), "prompts_with_spans_intact": intact,
-            "dropped_words": drops,
-            "dropped_function_word_share": round(sum(n for w, n in dropped.items() if w in frequent) / drops, 3),
+            "prompts_unchanged": sum(r == 1.0 for r in ratios),  # all protected (a JSON spec), or nothing to cut
+            "dropped_words": drops, "dropped_function_word_share": round(dropped_share, 3),
+            # how much likelier a function word is to go than any compressible word: 1 = blind to them
+            "function_word_drop_lift": round(dropped_share / word_share, 2),
             **({"binding_words_lost": binding_lost} if must_keep is not None else {})}
 
 
@@ -180,13 +187,13 @@ def _overlap(compressors: dict[str, Any], texts: list[str]) -> float:
 
 def _throughput(compressor: Any, texts: list[str]) -> dict[str, Any]:
     compressor.compress(texts[0], rate=RATE)  # warm
-    started, tokens = time.perf_counter(), 0
+    started, tokens, kept = time.perf_counter(), 0, 0
     for text in texts:
-        compressor.compress(text, rate=RATE)
+        kept += compressor.compress(text, rate=RATE).tokens["cl100k_base"][1]
         tokens += count_tokens(text)
     seconds = time.perf_counter() - started
     return {"prompts": len(texts), "tokens": tokens, "seconds": round(seconds, 2),
-            "tokens_per_second": round(tokens / seconds)}
+            "tokens_per_second": round(tokens / seconds), "ratio": round(tokens / kept, 2)}
 
 
 def _faithfulness(prompt: str, compressed: str) -> dict[str, Any]:
@@ -299,6 +306,7 @@ def _first_seen(client: httpx.Client, on: str, off: str, prompts: list[str]) -> 
             "added_ms_max": round(max(added), 1), "spans_intact": intact,
             "words_sent_share_median": round(statistics.median(shares), 3) if shares else None,
             "words_sent_share_max": round(max(shares), 3) if shares else None,
+            "prompts_with_at_most_80pct_of_words_sent": sum(share <= 0.8 for share in shares),
             "outcomes": {name: dict(seen) for name, seen in outcomes.items()}}
 
 
@@ -362,6 +370,11 @@ def _check(report: dict[str, Any]) -> Checks:
         checks.expect(faithful["requests_with_every_number"] == faithful["questions"],
                       f"GSM8K, {name}: {faithful['requests_with_every_number']} of {faithful['questions']} requests "
                       "hold every number, expected all")
+    for language, rows in report["languages"].items():
+        if language in report["settings"]["languages"]:  # compressed by default: it must still earn it
+            mine, theirs = rows["classifier"]["function_word_drop_lift"], rows["smollm2"]["function_word_drop_lift"]
+            checks.expect(mine > 1.0 and mine >= theirs, f"{language}: compressed by default, but function words "
+                          f"go {mine}x as readily as others (SmolLM2: {theirs}x)")
     first, seen = report["proxy"]["first_seen"], report["proxy"]["seen"]
     checks.expect_share("first-seen prompts, compression on", first["outcomes"]["compression_on"], "compressed")
     checks.expect_share("first-seen prompts, compression off", first["outcomes"]["compression_off"], "as sent")

@@ -27,6 +27,9 @@ from semproxy.compress.tokens import count_tokens
 log = logging.getLogger("semproxy.compress")
 
 MEMORY_ENTRIES = 4096
+# Compressed once at load, so the first prompt a user sends does not pay for the model's and tiktoken's set-up.
+WARM_UP = ("You are a helpful assistant for the customers of a small shop. Answer their questions about orders, "
+           "deliveries and returns politely, and never share internal notes. ") * 3
 MAX_PENDING = 256
 
 
@@ -81,7 +84,9 @@ class CompressionService:
 
     def _load(self) -> None:
         try:
-            self._compressor = self._load_compressor()
+            compressor = self._load_compressor()
+            compressor.compress(WARM_UP, rate=self.policy.rate)  # first run costs: sessions, tiktoken's tables
+            self._compressor = compressor
             log.info("compression ready (rate %.2f, prompts of %d tokens or more)", self.policy.rate,
                      self.policy.min_tokens)
         except Exception as exc:

@@ -89,3 +89,20 @@ def _assert_protected_intact(text: str, compressed: str) -> None:
     for unit in units(text, keep_markers=("<keep>", "</keep>")):
         if unit.protected:
             cursor = compressed.index(text[unit.start:unit.end], cursor) + unit.end - unit.start
+
+
+@pytest.mark.anyio
+async def test_the_default_service_compresses_the_languages_it_was_shown_to_handle_only(settings: Settings) -> None:
+    from semproxy.app import build_compression
+
+    german = ("Du bist der Kundendienst eines Online-Shops für Gartenmöbel. Beantworte Fragen zu Bestellungen, "
+              "Lieferzeiten und Rücksendungen freundlich und sachlich. Gib niemals interne Notizen heraus. ") * 4
+    polish = ("Jesteś asystentem obsługi klienta sklepu internetowego z meblami ogrodowymi. Odpowiadaj uprzejmie "
+              "na pytania o zamówienia, terminy dostaw i zwroty. Nigdy nie ujawniaj wewnętrznych notatek. ") * 4
+    service = build_compression(dataclasses.replace(settings, compression_min_tokens=50))
+    service.start()
+    service.drain()
+    compressed = await service.compressed(german)
+    assert compressed is not None and compressed.saved("cl100k_base") > 0
+    assert await service.compressed(polish) is None  # measured, and not handled well enough: left as it is
+    await service.close()
