@@ -46,6 +46,7 @@ import threshold_sweep as sweep
 from verifier_data import split_of
 
 from bench.common import provenance, write_results
+from bench.training import first_minilm_layers, report_progress, take_step
 
 BENCH_DIR = Path(__file__).resolve().parent
 OUTPUT = BENCH_DIR.parent / "semproxy" / "cache" / "data" / "pair_encoder.onnx"
@@ -126,17 +127,11 @@ def tensors(encoded, rows):  # type: ignore[no-untyped-def]
 
 def make_model():  # type: ignore[no-untyped-def]
     import torch
-    from transformers import AutoModel
-
-    from semproxy.cache.embedder import minilm_folder
 
     class PairEncoder(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            bert = AutoModel.from_pretrained(str(minilm_folder()))
-            bert.encoder.layer = bert.encoder.layer[:LAYERS]
-            bert.config.num_hidden_layers = LAYERS
-            self.bert = bert
+            self.bert = bert = first_minilm_layers(LAYERS)
             self.dropout = torch.nn.Dropout(0.1)
             self.head = torch.nn.Linear(bert.config.hidden_size, 1)
 
@@ -175,14 +170,9 @@ def train(model, encoded, labels, minutes: float) -> dict[str, float]:  # type: 
             group["lr"] = 6e-5 * min(1.0, lr_scale) if step >= warmup else 6e-5 * (step + 1) / warmup
         ids, mask, types = tensors(encoded, rows)
         loss = loss_fn(model(ids, mask, types), target[rows])
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(float(loss))
+        take_step(model, optimizer, loss, losses)
         step += 1
-        if step % 200 == 0:
-            log(f"step {step}/{planned} loss {np.mean(losses[-200:]):.4f} {time.monotonic() - started:.0f}s")
+        report_progress(step, planned, losses, started, log)
         if total is not None and step >= total:
             break
     return {"steps": step, "epochs": step * BATCH / len(encoded), "seconds": time.monotonic() - started,

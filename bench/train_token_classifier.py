@@ -51,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.common import provenance  # noqa: E402
+from bench.training import first_minilm_layers, report_progress, take_step  # noqa: E402
 from semproxy.compress.classifier import WINDOW, word_windows  # noqa: E402
 from semproxy.compress.spans import units  # noqa: E402
 from semproxy.compress.tokens import count_tokens, install_offline_encodings  # noqa: E402
@@ -205,17 +206,11 @@ def windows(tok: Any, text: str, labelled: list[tuple[int, int, float]]) -> list
 
 def make_model() -> Any:
     import torch
-    from transformers import AutoModel
-
-    from semproxy.cache.embedder import minilm_folder
 
     class KeepClassifier(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            bert = AutoModel.from_pretrained(str(minilm_folder()))
-            bert.encoder.layer = bert.encoder.layer[:LAYERS]
-            bert.config.num_hidden_layers = LAYERS
-            self.bert = bert
+            self.bert = bert = first_minilm_layers(LAYERS)
             self.dropout = torch.nn.Dropout(0.1)
             self.head = torch.nn.Linear(bert.config.hidden_size, 1)
 
@@ -265,14 +260,9 @@ def train(model: Any, data: list[Any], minutes: float) -> dict[str, float]:
         logits = model(ids, mask)
         loss = (torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
                 * weight).sum() / weight.sum().clamp(min=1.0)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(float(loss))
+        take_step(model, optimizer, loss, losses)
         step += 1
-        if step % 200 == 0:
-            log(f"step {step}/{planned} loss {np.mean(losses[-200:]):.4f} {time.monotonic() - started:.0f} s")
+        report_progress(step, planned, losses, started, log)
         if total is not None and step >= total:
             break
     return {"steps": step, "epochs": round(step * BATCH / len(data), 2),

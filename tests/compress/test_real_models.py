@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,13 +28,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 def test_the_bundled_classifier_is_the_default_and_compresses_the_gsm8k_prompt(settings: Settings) -> None:
     assert (settings.compression_method, settings.compression_model) == ("llmlingua2", "bundled")
     compressor = load_compressor(settings)
-    text = _gsm8k_prompt()
-    result = compressor.compress(text, rate=0.5)
-    original, compressed = result.tokens["cl100k_base"]
-    assert compressed < 0.8 * original
-    _assert_protected_intact(text, result.compressed)
-    for span in MUST_SURVIVE:
-        assert span in compressor.compress(PROMPT, rate=0.3).compressed
+    _assert_compresses_and_keeps_every_span(compressor)
 
 
 def test_the_classifier_keeps_content_words_over_function_words() -> None:
@@ -58,13 +53,7 @@ def test_smollm2_is_converted_once_and_compresses_the_gsm8k_prompt(settings: Set
     assert resolve_compression_model(SMOLLM2, models_dir=settings.data_dir / "models") == str(folder)
     assert (folder / "config.json").stat().st_mtime == stamp  # reused, not converted again
 
-    text = _gsm8k_prompt()
-    result = compressor.compress(text, rate=0.5)
-    original, compressed = result.tokens["cl100k_base"]
-    assert compressed < 0.8 * original
-    _assert_protected_intact(text, result.compressed)
-    for span in MUST_SURVIVE:
-        assert span in compressor.compress(PROMPT, rate=0.3).compressed
+    _assert_compresses_and_keeps_every_span(compressor)
 
 
 def test_llmlingua2_with_a_token_classification_model(settings: Settings, tmp_path: Path) -> None:
@@ -75,6 +64,16 @@ def test_llmlingua2_with_a_token_classification_model(settings: Settings, tmp_pa
     for span in MUST_SURVIVE:
         assert span in result.compressed
     assert result.tokens["cl100k_base"][1] < result.tokens["cl100k_base"][0]
+
+
+def _assert_compresses_and_keeps_every_span(compressor: Any) -> None:
+    text = _gsm8k_prompt()
+    result = compressor.compress(text, rate=0.5)
+    original, compressed = result.tokens["cl100k_base"]
+    assert compressed < 0.8 * original
+    _assert_protected_intact(text, result.compressed)
+    for span in MUST_SURVIVE:
+        assert span in compressor.compress(PROMPT, rate=0.3).compressed
 
 
 def _gsm8k_prompt() -> str:
