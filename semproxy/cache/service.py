@@ -135,7 +135,10 @@ class SemanticCache:
         spaces = await anyio.to_thread.run_sync(self._load_spaces)
         if self._load_verifier is not None:
             for name in spaces.embedders:
-                self._verifiers[name] = await anyio.to_thread.run_sync(self._load_verifier, name)
+                self._verifiers[name] = verifier = await anyio.to_thread.run_sync(self._load_verifier, name)
+                problem = getattr(verifier, "problem", None)  # a verifier that falls back says so (HitVerifier)
+                if problem:
+                    self.problems.append(f"verifier ({name}): {problem}")
         await anyio.to_thread.run_sync(lambda: store.enable_vectors(spaces.dimension, now=self._clock()))
         self._spaces = spaces
         self._embedders = {name: BatchingEmbedder(embedder, max_batch=self.policy.embed_batch_size)

@@ -70,13 +70,18 @@ class HitVerifier:
         self.thresholds = {str(language): model.threshold_for(max_false_hit_rate, str(language))
                            for language in model.curve_languages}  # languages with their own curve
         self.read_threshold = reader.blend.threshold_for(max_false_hit_rate) if reader is not None else 1.0
+        self.problem: str | None = None  # a part that should have loaded and did not (for /healthz)
 
     @classmethod
     def packaged(cls, *, max_false_hit_rate: float, space: str = "minilm") -> HitVerifier:
         """The verifier that ships for pairs embedded in `space` ("minilm" or "e5"); the English one reads
         pairs with the pair encoder, or, if that cannot load, decides by its trees alone."""
-        return cls(PairModel.packaged(space=space), WordRarity.packaged(space=space),
-                   max_false_hit_rate=max_false_hit_rate, reader=_packaged_reader() if space == "minilm" else None)
+        reader = _packaged_reader() if space == "minilm" else None
+        verifier = cls(PairModel.packaged(space=space), WordRarity.packaged(space=space),
+                       max_false_hit_rate=max_false_hit_rate, reader=reader)
+        if space == "minilm" and reader is None:
+            verifier.problem = "the pair encoder could not load; the trees decide alone"
+        return verifier
 
     def verify(self, asked: PromptFacts, asked_vector: FloatArray, stored: PromptFacts,
                stored_vector: FloatArray, similarity: float) -> Verdict:

@@ -1,6 +1,7 @@
 """The verifier's reading step: the pair encoder's score weighed with the trees' and the cosine."""
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,6 +83,8 @@ def test_a_reader_that_cannot_load_leaves_the_trees_to_decide(monkeypatch: pytes
     monkeypatch.setattr(PairReader, "packaged", staticmethod(broken))
     verifier = HitVerifier.packaged(max_false_hit_rate=0.02, space="minilm")
     assert verifier.reader is None and verifier.threshold_at(0.02) == verifier.model.threshold_for(0.02)
+    assert verifier.problem is not None and "pair encoder" in verifier.problem
+    assert HitVerifier.packaged(max_false_hit_rate=0.02, space="e5").problem is None  # no encoder to miss
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +102,28 @@ def test_the_shipped_encoder_reads_rewordings_and_swaps(shipped: PairReader, sto
                                                         fits: bool) -> None:
     score = float(shipped.encoder.score([(stored, asked)])[0])
     assert (score >= 0.5) == fits, score
+
+
+@pytest.mark.anyio
+async def test_a_verifier_that_fell_back_makes_the_cache_report_degraded(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from semproxy.app import build_storage, open_entry_store
+    from semproxy.cache.service import CachePolicy, SemanticCache
+    from semproxy.cache.spaces import Spaces
+    from semproxy.config import Settings
+    from tests.fakes import HashingEmbedder
+
+    def broken() -> PairReader:
+        raise OSError("model file unreadable")
+
+    monkeypatch.setattr(PairReader, "packaged", staticmethod(broken))
+    settings = Settings(data_dir=tmp_path)
+    storage = build_storage(settings)
+    cache = SemanticCache(open_store=lambda: open_entry_store(settings, storage),
+                          load_spaces=lambda: Spaces.single(HashingEmbedder()), policy=CachePolicy(),
+                          load_verifier=lambda _: HitVerifier.packaged(max_false_hit_rate=0.02, space="minilm"))
+    await cache.start()
+    status, report = cache.health()
+    assert status == 200 and report["status"] == "degraded"
+    assert any("pair encoder could not load" in problem for problem in report["problems"])
+    await cache.close()
