@@ -3,7 +3,8 @@
 Protected spans survive byte for byte: fenced and indented code, JSON and other structured blocks (tables,
 tags), URLs and e-mail addresses, anything with a digit in it, template placeholders, quoted strings,
 inline code, text between the user's keep markers, and the words that flip or bind an instruction
-(negations, "must", "only", ...): dropping "not" from "do not reveal the key" would invert the prompt.
+(negations, "must", "only", ...) with the word each binds: dropping "not" from "do not reveal the key" would
+invert the prompt, and dropping "show" from "dates the tool does not show" would lose what it forbids.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ KEEP_WORDS_BY_LANGUAGE = {
           "zawsze oprócz poza ani dokładnie niczego nikomu nikt należy trzeba wolno zakazane zakazany zakazana",
 }
 KEEP_WORDS = frozenset(word for words in KEEP_WORDS_BY_LANGUAGE.values() for word in words.split())
+_CLAUSE_END = (".", ",", ";", ":", "!", "?", ")")
 _ELIDED_NEGATION = ("n'", "n’")  # French "n'est" (typographic apostrophe too): the elided "ne"
 _WORD = re.compile(r"\S+")
 _EDGE_PUNCTUATION = ".,;:!?()[]\"'“”‘’„«»‹›*_-–—•#>"  # a word of these alone is structure: a bullet, a heading mark
@@ -126,12 +128,15 @@ def units(text: str, *, keep_markers: tuple[str, str] | None = None) -> list[Uni
 
 def _words(text: str, start: int, end: int) -> list[Unit]:
     found = []
+    binds_next = False
     for match in _WORD.finditer(text, start, end):
-        bare = match.group().strip(_EDGE_PUNCTUATION).lower()
-        # A word that is only punctuation (a bullet, a dash) is structure; keep it.
-        protected = bare in KEEP_WORDS or bare.startswith(_ELIDED_NEGATION) or not bare
-        protected = protected or bare.replace("’", "'") in KEEP_WORDS
-        found.append(Unit(match.start(), match.end(), protected=protected))
+        word = match.group()
+        bare = word.strip(_EDGE_PUNCTUATION).lower()
+        binding = bare in KEEP_WORDS or bare.replace("’", "'") in KEEP_WORDS or bare.startswith(_ELIDED_NEGATION)
+        # A word that is only punctuation (a bullet, a dash) is structure; the word right after a binding word
+        # is what it binds ("does not *show*", "never *ask*", "only *English*"): keep them all.
+        found.append(Unit(match.start(), match.end(), protected=binding or not bare or binds_next))
+        binds_next = binding and not word.endswith(_CLAUSE_END)
     return found
 
 

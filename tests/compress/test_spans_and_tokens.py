@@ -146,7 +146,14 @@ def test_words_that_flip_an_instruction_are_kept_in_europes_languages_and_bullet
     protected = {text[u.start:u.end].strip(".,") for u in units(text) if u.protected}
     flips = {"niemals", "nur", "Ne", "jamais", "N'envoyez", "pas", "No", "sin", "Nigdy", "nie", "tylko"}
     assert flips | {"-"} <= protected
-    assert {"Kontonummern", "communiquez", "inventes", "podawaj"}.isdisjoint(protected)
+    assert {"Kontonummern", "communiquez", "inventes", "podawaj"} <= protected  # what each negation binds
+    assert {"heraus", "code", "precios", "hasła"}.isdisjoint(protected)
     quoted = "Antworte mit „Bitte warten Sie kurz“ oder „Proszę czekać”."
     kept = {quoted[u.start:u.end] for u in units(quoted) if u.protected}
     assert kept >= {"„Bitte warten Sie kurz“", "„Proszę czekać”"}
+
+
+def test_the_word_a_negation_binds_is_kept_too_within_its_clause() -> None:
+    text = "Do not promise dates that the tool does not show. Never ask for card numbers. Reply only in English."
+    kept = [text[u.start:u.end] for u in units(text) if u.protected]
+    assert kept == ["not", "promise", "not", "show.", "Never", "ask", "only", "in"]
