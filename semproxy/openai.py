@@ -204,8 +204,17 @@ def sse_event(payload: JSON | str) -> bytes:
 # ---------------------------------------------------------------- assembly: stream -> one completion
 
 
+MAX_CHOICES = 128  # OpenAI's own limit on `n`
+MAX_TOOL_CALLS = 128  # tool calls in one message; a stream naming index 10**9 is hostile, not large
+
+
 class StreamAssembler:
-    """Rebuilds the non-stream completion from a chat or text-completion SSE stream."""
+    """Rebuilds the non-stream completion from a chat or text-completion SSE stream.
+
+    Bounded by construction: choice and tool-call indexes beyond the limits above, or of the wrong type, mark the
+    stream failed (it is relayed, never stored), and text arrives as pieces joined once at the end, so a stream
+    of many small deltas costs linear time, not quadratic.
+    """
 
     def __init__(self, kind: Kind) -> None:
         self.kind = kind
@@ -213,6 +222,7 @@ class StreamAssembler:
         self.failed = False
         self._head: JSON = {}
         self._choices: dict[int, JSON] = {}
+        self._pieces: dict[tuple[int, ...], list[str]] = {}  # (choice, field[, call, name|arguments]) -> text
         self._usage: Any = None
 
     def feed(self, data: str) -> None:
@@ -228,9 +238,12 @@ class StreamAssembler:
         if not isinstance(chunk, dict) or "error" in chunk:
             self.failed = True
             return
-        self._take_head(chunk)
-        for choice in chunk.get("choices") or []:
-            self._take_choice(choice)
+        try:
+            self._take_head(chunk)
+            for choice in chunk.get("choices") or []:
+                self._take_choice(choice)
+        except (ValueError, TypeError, AttributeError, KeyError):  # a chunk of the wrong shape: not storable
+            self.failed = True
 
     def _take_head(self, chunk: JSON) -> None:
         for field in ("id", "created", "model", "system_fingerprint", "service_tier"):
@@ -240,16 +253,43 @@ class StreamAssembler:
             self._usage = chunk["usage"]
 
     def _take_choice(self, choice: JSON) -> None:
-        index = int(choice.get("index", 0))
+        index = _bounded_index(choice.get("index", 0), MAX_CHOICES)
         state = self._choices.setdefault(index, {"index": index, "finish_reason": None, "logprobs": None})
         if self.kind == "chat":
-            _merge_delta(state.setdefault("message", {"role": "assistant", "content": None}),
-                         choice.get("delta") or {})
+            self._merge_delta(index, state.setdefault("message", {"role": "assistant", "content": None}),
+                              choice.get("delta") or {})
         else:
-            state["text"] = state.get("text", "") + str(choice.get("text") or "")
+            self._add((index, _TEXT), choice.get("text"))
         _merge_logprobs(state, choice.get("logprobs"))
         if choice.get("finish_reason") is not None:
             state["finish_reason"] = choice["finish_reason"]
+
+    def _merge_delta(self, choice: int, message: JSON, delta: JSON) -> None:
+        if delta.get("role"):
+            message["role"] = delta["role"]
+        for number, field in enumerate(_MESSAGE_FIELDS):
+            self._add((choice, number), delta.get(field))
+        if delta.get("function_call"):
+            message.setdefault("function_call", {"name": "", "arguments": ""})
+            self._add_call((choice, _FUNCTION_CALL), delta["function_call"])
+        for call in delta.get("tool_calls") or []:
+            calls: list[JSON] = message.setdefault("tool_calls", [])
+            index = _bounded_index(call.get("index", len(calls)), MAX_TOOL_CALLS)
+            while len(calls) <= index:
+                calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+            if call.get("id"):
+                calls[index]["id"] = str(call["id"])
+            if call.get("type"):
+                calls[index]["type"] = str(call["type"])
+            self._add_call((choice, _TOOL_CALLS, index), call.get("function") or {})
+
+    def _add_call(self, key: tuple[int, ...], part: JSON) -> None:
+        self._add((*key, 0), part.get("name"))
+        self._add((*key, 1), part.get("arguments"))
+
+    def _add(self, key: tuple[int, ...], text: Any) -> None:
+        if text:
+            self._pieces.setdefault(key, []).append(str(text))
 
     def result(self) -> JSON | None:
         """The assembled completion, or None if the stream was broken or incomplete."""
@@ -261,7 +301,7 @@ class StreamAssembler:
             "object": "chat.completion" if self.kind == "chat" else "text_completion",
             "created": self._head.get("created", 0),
             "model": self._head.get("model", ""),
-            "choices": [self._choices[i] for i in sorted(self._choices)],
+            "choices": [self._joined(i, self._choices[i]) for i in sorted(self._choices)],
         }
         for field in ("system_fingerprint", "service_tier"):
             if field in self._head:
@@ -270,33 +310,35 @@ class StreamAssembler:
             result["usage"] = self._usage
         return result
 
-
-def _merge_delta(message: JSON, delta: JSON) -> None:
-    if delta.get("role"):
-        message["role"] = delta["role"]
-    for field in ("content", "refusal", "reasoning_content"):
-        if delta.get(field) is not None:
-            message[field] = (message.get(field) or "") + delta[field]
-    if delta.get("function_call"):
-        _merge_call(message.setdefault("function_call", {"name": "", "arguments": ""}), delta["function_call"])
-    for call in delta.get("tool_calls") or []:
-        calls: list[JSON] = message.setdefault("tool_calls", [])
-        index = int(call.get("index", len(calls)))
-        while len(calls) <= index:
-            calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
-        target = calls[index]
-        if call.get("id"):
-            target["id"] = call["id"]
-        if call.get("type"):
-            target["type"] = call["type"]
-        _merge_call(target["function"], call.get("function") or {})
+    def _joined(self, index: int, state: JSON) -> JSON:
+        """A choice with its text pieces joined into place."""
+        text = {key: "".join(pieces) for key, pieces in self._pieces.items() if key[0] == index}
+        if self.kind != "chat":
+            return {**state, "text": text.get((index, _TEXT), "")}
+        message = dict(state["message"])
+        for number, field in enumerate(_MESSAGE_FIELDS):
+            if (index, number) in text:
+                message[field] = text[(index, number)]
+        if "function_call" in message:
+            message["function_call"] = {"name": text.get((index, _FUNCTION_CALL, 0), ""),
+                                        "arguments": text.get((index, _FUNCTION_CALL, 1), "")}
+        if "tool_calls" in message:
+            message["tool_calls"] = [
+                {**call, "function": {"name": text.get((index, _TOOL_CALLS, n, 0), ""),
+                                      "arguments": text.get((index, _TOOL_CALLS, n, 1), "")}}
+                for n, call in enumerate(message["tool_calls"])]
+        return {**state, "message": message}
 
 
-def _merge_call(target: JSON, part: JSON) -> None:
-    if part.get("name"):
-        target["name"] += part["name"]
-    if part.get("arguments"):
-        target["arguments"] += part["arguments"]
+_MESSAGE_FIELDS = ("content", "refusal", "reasoning_content")
+_TEXT, _FUNCTION_CALL, _TOOL_CALLS = -1, -2, -3  # keys of the pieces that are not message fields
+
+
+def _bounded_index(value: Any, limit: int) -> int:
+    """An index from the upstream, refused (ValueError) unless it is an integer in [0, limit)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limit:
+        raise ValueError(f"index {value!r} out of range")
+    return value
 
 
 def _merge_logprobs(state: JSON, logprobs: Any) -> None:

@@ -117,3 +117,34 @@ def test_text_completion_round_trip() -> None:
 ])
 def test_prompt_text(kind: str, body: dict[str, Any], expected: str | None) -> None:
     assert prompt_text(kind, body) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [
+    {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 10**9, "function": {"name": "x"}}]}}]},
+    {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": -1, "function": {"name": "x"}}]}}]},
+    {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": "7", "function": {"name": "x"}}]}}]},
+    {"choices": [{"index": 10**9, "delta": {"content": "x"}}]},
+    {"choices": [{"index": 0, "delta": {"tool_calls": "not a list of calls"}}]},
+    {"choices": ["not a choice"]},
+])
+def test_a_hostile_chunk_fails_the_assembly_without_growing_it(bad: dict[str, Any]) -> None:
+    """An upstream naming index 10**9 once made the proxy grow by gigabytes: such a stream is relayed, never
+    stored, and the assembler holds nothing for the index it named."""
+    assembler = StreamAssembler("chat")
+    assembler.feed(_chat_chunk({"role": "assistant", "content": "ok"}))
+    assembler.feed(json.dumps({"id": "c", "object": "chat.completion.chunk", **bad}))
+    assembler.feed(_chat_chunk({}, finish="stop"))
+    assert assembler.failed and assembler.result() is None
+    assert all(len(c.get("message", {}).get("tool_calls", [])) <= 1 for c in assembler._choices.values())
+
+
+def test_many_small_deltas_assemble_into_one_text() -> None:
+    assembler = StreamAssembler("chat")
+    for i in range(20_000):  # pieces joined once at the end: linear, where appending to a string was quadratic
+        assembler.feed(_chat_chunk({"content": "ab"[i % 2], "tool_calls": [
+            {"index": 0, "id": "call_1" if i == 0 else None, "function": {"arguments": "x"}}]}))
+    assembler.feed(_chat_chunk({}, finish="tool_calls"))
+    message = (assembler.result() or {})["choices"][0]["message"]
+    assert message["content"] == "ab" * 10_000
+    assert message["tool_calls"] == [{"id": "call_1", "type": "function",
+                                      "function": {"name": "", "arguments": "x" * 20_000}}]
