@@ -120,6 +120,17 @@ async def test_a_shared_namespace_is_shared_across_keys(proxy: Proxy) -> None:
     assert outsider.headers["x-semproxy-cache"] == "miss"
 
 
+async def test_by_default_the_namespace_header_is_ignored_and_keys_stay_apart(make_proxy, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    default = Settings().allow_namespace_header
+    proxy = await make_proxy(settings=dataclasses.replace(settings, allow_namespace_header=default))
+    team = {"x-semproxy-namespace": "team-a"}  # a name a stranger could guess
+    await proxy.chat("what is the capital city of france", headers={"authorization": "Bearer sk-1", **team})
+    guesser = await proxy.chat("what is the capital city of france", headers={"authorization": "Bearer sk-2", **team})
+    assert guesser.headers["x-semproxy-cache"] == "miss"  # sk-1's answer stays sk-1's
+    again = await proxy.chat("what is the capital city of france", headers={"authorization": "Bearer sk-1"})
+    assert again.headers["x-semproxy-cache"] == "exact"  # stored in sk-1's own cache, header or not
+
+
 async def test_raw_api_keys_are_never_stored(proxy: Proxy, settings: Settings) -> None:
     await proxy.chat("hello there", headers={"authorization": "Bearer sk-very-secret-key-123"})
     await proxy.cache.close()

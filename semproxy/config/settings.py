@@ -67,7 +67,7 @@ class Settings:
     max_entries: int = 100_000
     max_temperature: float = 1.0
     namespace: str | None = None
-    allow_namespace_header: bool = True
+    allow_namespace_header: bool = False  # opt-in: whoever can guess a namespace's name reads its cache
     mask_hit_timing: bool = False  # delay hits in shared namespaces like misses (see middleware/timing_mask.py)
     embed_batch_size: int = 64
     large_scope_entries: int = 20_000
