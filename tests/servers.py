@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -82,20 +83,36 @@ def semproxy_process(data_dir: Path, upstream: str, *, extra: tuple[str, ...] = 
 def serve_process(arguments: tuple[str, ...], *, env: dict[str, str], port: int,
                   cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """`semproxy serve ARGUMENTS` with exactly this environment, listening on `port` (by its arguments or its
-    environment), waited on until /healthz says ready; terminated at the end."""
+    environment), waited on until /healthz says ready; terminated at the end.
+
+    The child writes its log to a file, not a pipe: a pipe nobody reads fills up and blocks a chatty child
+    mid-start. If the test fails, the log's end is printed with the failure."""
     command = [sys.executable, "-m", "semproxy", "serve", *arguments]
-    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    process.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
-    try:
-        wait_healthy(process.url, process)  # type: ignore[attr-defined]
-        yield process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    with tempfile.NamedTemporaryFile(prefix="semproxy-child-", suffix=".log") as log:
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        process.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+        process.log = Path(log.name)  # type: ignore[attr-defined]
+        try:
+            wait_healthy(process.url, process)  # type: ignore[attr-defined]
+            yield process
+        except BaseException:
+            print(f"--- the end of {' '.join(arguments)}'s log ---\n{child_log(process)}", file=sys.stderr)
+            raise
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+
+def child_log(process: subprocess.Popen[bytes], *, tail: int = 8000) -> str:
+    """The end of a child's log (serve_process's file; a pipe's content for other children)."""
+    path = getattr(process, "log", None)
+    if path is not None:
+        return Path(path).read_text(errors="replace")[-tail:]
+    return process.stdout.read().decode(errors="replace")[-tail:] if process.stdout else ""
 
 
 def wait_healthy(url: str, process: subprocess.Popen[bytes], *, timeout: float = 120) -> None:
@@ -103,10 +120,9 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], *, timeout: float =
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            output = process.stdout.read().decode() if process.stdout else ""
-            raise RuntimeError(f"semproxy exited with {process.returncode}:\n{output}")
+            raise RuntimeError(f"semproxy exited with {process.returncode}:\n{child_log(process)}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url + "/healthz", timeout=2).status_code == 200:
                 return
         time.sleep(0.1)
-    raise RuntimeError("semproxy did not become healthy")
+    raise RuntimeError(f"semproxy did not become healthy in {timeout:.0f} s:\n{child_log(process)}")
