@@ -136,9 +136,8 @@ class SemanticCache:
         if self._load_verifier is not None:
             for name in spaces.embedders:
                 self._verifiers[name] = verifier = await anyio.to_thread.run_sync(self._load_verifier, name)
-                problem = getattr(verifier, "problem", None)  # a verifier that falls back says so (HitVerifier)
-                if problem:
-                    self.problems.append(f"verifier ({name}): {problem}")
+                if verifier is not None and verifier.problem:
+                    self.problems.append(f"verifier ({name}): {verifier.problem}")
         await anyio.to_thread.run_sync(lambda: store.enable_vectors(spaces.dimension, now=self._clock()))
         self._spaces = spaces
         self._embedders = {name: BatchingEmbedder(embedder, max_batch=self.policy.embed_batch_size)

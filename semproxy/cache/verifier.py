@@ -47,6 +47,8 @@ class Candidate:
 class Verifier(Protocol):
     """Decides which semantic candidate, if any, may be served."""
 
+    problem: str | None  # a part that should have loaded and did not (reported by /healthz), else None
+
     def choose(self, asked: PromptFacts, asked_vector: FloatArray,
                candidates: Sequence[Candidate]) -> tuple[int | None, list[Verdict]]: ...
 
@@ -165,6 +167,8 @@ def _packaged_reader() -> PairReader | None:
 class RuleVerifier:
     """The rules alone, for an embedder no model was fitted for (a sentence-transformers model of the
     user's choice): the nearest candidate no rule rejects is served, so `similarity_threshold` does the rest."""
+
+    problem: str | None = None  # nothing to load
 
     def choose(self, asked: PromptFacts, asked_vector: FloatArray,
                candidates: Sequence[Candidate]) -> tuple[int | None, list[Verdict]]:

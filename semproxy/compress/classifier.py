@@ -4,7 +4,7 @@ LLMLingua-2 labels each word of a prompt keep or drop with a bidirectional encod
 LLMLingua runs a causal LM over the prompt and drops the words it finds predictable. The encoder here is two
 layers of all-MiniLM-L6-v2 with a keep/drop head, distilled from LLMLingua's own scoring (SmolLM2-135M's
 surprisal per word) and shipped as int8 ONNX with its tokenizer (``semproxy/compress/data``; how it was made:
-``bench/train_token_classifier.py`` and ``keep_classifier_card.json``). It reads about 20,000 tokens a second
+``bench/train_token_classifier.py`` and ``keep_classifier_card.json``). It reads about 16,000 tokens a second
 on 2 cores, fast enough to compress a prompt before forwarding it.
 
 llmlingua's own LLMLingua-2 path (`compress_prompt_llmlingua2`) runs a transformers model with torch and picks
