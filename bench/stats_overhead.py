@@ -66,7 +66,7 @@ def run(args: argparse.Namespace, checks: Checks) -> dict[str, Any]:
     upstream = f"http://127.0.0.1:{upstream_port}/v1"
     proxies = {"stats_on": f"http://127.0.0.1:{free_port()}", "stats_off": f"http://127.0.0.1:{free_port()}"}
     env = {"HF_HUB_OFFLINE": "1", "SEMPROXY_LOG_LEVEL": "warning", "SEMPROXY_SEMANTIC_ENABLED": "false",
-           "SEMPROXY_COMPRESSION_ENABLED": "false"}
+           "SEMPROXY_COMPRESSION_ENABLED": "false", "SEMPROXY_ADMIN_OPEN": "true"}
     with contextlib.ExitStack() as stack:
         stack.enter_context(fake_upstream(upstream_port))
         for name, url in proxies.items():

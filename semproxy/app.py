@@ -46,16 +46,18 @@ from semproxy.compress.tokens import count_tokens, install_offline_encodings
 from semproxy.config import Settings, UpstreamConfig
 from semproxy.errors import error_body
 from semproxy.middleware import controls
+from semproxy.middleware.access import ClientAccess
 from semproxy.middleware.cache import DEFAULT_ROUTES, CacheMiddleware
 from semproxy.middleware.compression import CompressionMiddleware
 from semproxy.middleware.stats import AdminAccess, StatsMiddleware, UpstreamTimer
 from semproxy.openai import Kind
+from semproxy.stats.admin_token import ensure_admin_token, token_file
 from semproxy.stats.log import RequestLog, TokenCounter
 from semproxy.stats.metrics import Metrics
 from semproxy.stats.prices import PriceTable
 from semproxy.storage import Storage
 from semproxy.storage.sqlite import SqliteStorage
-from semproxy.types import ASGIApp, Receive, Scope, Send, lifespan_hooks
+from semproxy.types import ASGIApp, Receive, Scope, Send, lifespan_hooks, route_path
 from semproxy.upstream.proxy import UpstreamProxy
 from semproxy.upstream.routing import Router, RoutingPolicy
 
@@ -210,9 +212,43 @@ def build_layers(inner: ASGIApp, settings: Settings, *, cache: SemanticCache, st
         app = CompressionMiddleware(app, service=compression, max_body_bytes=settings.max_body_bytes)
     app = CacheMiddleware(app, settings=settings, cache=cache, routes=routes,
                           health=partial(health_report, settings, cache, compression))
+    guarded = _guarded_requests(settings, proxy_mode=proxy_mode, routes=routes)
+    if guarded is not None:  # outside the cache: a client the proxy does not serve gets no hit either
+        app = ClientAccess(app, allowed=settings.client_keys, guarded=guarded)
     if settings.stats_enabled:
         app = _stats_layer(app, settings, cache, storage, proxy_mode=proxy_mode)
     return app
+
+
+def _guarded_requests(settings: Settings, *, proxy_mode: bool,
+                      routes: Mapping[str, Kind]) -> Callable[[Scope], bool] | None:
+    """Which requests must carry a listed client key; None when the proxy serves every client."""
+    if proxy_mode and settings.operator_key_in_use and not settings.client_keys:
+        if settings.allow_any_client:
+            return None
+        log.warning("semproxy sends its own upstream key and no client_keys are listed: every API request "
+                    "gets 401 until client_keys (semproxy hash-key) or allow_any_client is set")
+    elif not settings.client_keys:
+        return None
+    if proxy_mode:
+        return lambda scope: scope["path"].startswith("/v1/")
+    return lambda scope: route_path(scope) in routes  # in an app, semproxy guards only what it may answer
+
+
+def _admin_access(settings: Settings) -> AdminAccess:
+    """The admin endpoints' token: the configured one, else the data dir's own (made on first start)."""
+    if settings.admin_open:
+        return AdminAccess(open=True)
+    if settings.admin_token:
+        return AdminAccess(settings.admin_token)
+    try:
+        token = ensure_admin_token(settings.data_dir)
+    except OSError:  # an unwritable data dir closes the admin endpoints, and takes nothing else down
+        log.exception("no admin token could be made in the data dir: the admin endpoints stay closed")
+        return AdminAccess(None)
+    log.info("the admin endpoints need the token in %s (`semproxy admin-token` prints it)",
+             token_file(settings.data_dir))
+    return AdminAccess(token)
 
 
 def _stats_layer(app: ASGIApp, settings: Settings, cache: SemanticCache, storage: Storage, *,
@@ -227,7 +263,7 @@ def _stats_layer(app: ASGIApp, settings: Settings, cache: SemanticCache, storage
     metrics.dropped.set_function(lambda: request_log.dropped)
     return StatsMiddleware(
         app, log=request_log, source=storage, metrics=metrics,
-        access=AdminAccess(settings.admin_token, settings.admin_remote), tenant_of=partial(_tenant_of, settings, cache),
+        access=_admin_access(settings), tenant_of=partial(_tenant_of, settings, cache),
         default_upstream=httpx.URL(settings.upstream).netloc.decode() if proxy_mode else "app",
         # In middleware mode the app's own /metrics (if any) stays the app's.
         metrics_paths=("/metrics", "/semproxy/metrics") if proxy_mode else ("/semproxy/metrics",),

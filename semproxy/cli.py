@@ -80,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     migrate = database_commands.add_parser("migrate", help="create or upgrade semproxy's tables (also done at start)")
     _common(migrate)
     migrate.set_defaults(handler=_db_migrate)
+
+    admin_token = commands.add_parser("admin-token", help="print the admin endpoints' token (made if there is none)")
+    _common(admin_token)
+    admin_token.set_defaults(handler=_admin_token)
+    hash_key = commands.add_parser("hash-key", help="print a client key's hash for client_keys (the key is read "
+                                   "from standard input, so it stays out of the shell's history)")
+    hash_key.set_defaults(handler=_hash_key, data_dir=None, config=None, store=None)
     return parser
 
 
@@ -266,6 +273,30 @@ def _db_migrate(settings: Settings, _: argparse.Namespace) -> int:
 
     before, after = migrate(settings.store)
     print(f"schema version {after}" + ("" if before == after else f" (was {before})"))
+    return 0
+
+
+def _admin_token(settings: Settings, _: argparse.Namespace) -> int:
+    from semproxy.stats.admin_token import ensure_admin_token
+
+    if settings.admin_open:
+        print("semproxy: admin_open is set: the admin endpoints need no token", file=sys.stderr)
+        return 1
+    print(settings.admin_token or ensure_admin_token(settings.data_dir))
+    return 0
+
+
+def _hash_key(_: Settings, __: argparse.Namespace) -> int:
+    import getpass
+
+    from semproxy.middleware.access import key_hash
+
+    key = getpass.getpass("client key: ") if sys.stdin.isatty() else sys.stdin.readline()
+    key = key.strip()
+    if not key:
+        print("semproxy: no key given", file=sys.stderr)
+        return 2
+    print(key_hash(key))
     return 0
 
 

@@ -3,6 +3,7 @@
     SemproxyError
     ├── ConfigError              bad settings; raised at start-up, never during a request
     ├── RequestError             the client's request is wrong: 4xx, nothing forwarded, nothing stored
+    │   ├── Unauthorized         401: a client key this proxy does not serve (client_keys)
     │   ├── BodyTooLarge         413
     │   └── ModelNotFound        404: no configured upstream serves the requested model
     ├── UpstreamError            the upstream could not be reached or did not answer in time
@@ -47,6 +48,12 @@ class RequestError(HTTPError):
 
     status = 400
     error_type = "invalid_request_error"
+
+
+class Unauthorized(RequestError):
+    """The client's key is not one this proxy serves."""
+
+    status = 401
 
 
 class BodyTooLarge(RequestError):

@@ -70,7 +70,8 @@ def settings(tmp_path: Path) -> Settings:
     # The hashing embedder's vectors mean nothing to the hit verifier's model: cache mechanics are tested
     # without it, and the verifier with the real embedder (tests/cache/test_verifier_proxy.py).
     return Settings(data_dir=tmp_path / "data", upstream="http://upstream.test/v1", similarity_threshold=0.8,
-                    compression_enabled=False, verify_hits=False, allow_namespace_header=True)
+                    compression_enabled=False, verify_hits=False, allow_namespace_header=True,
+                    admin_open=True)  # the admin endpoints' own tests close them
 
 
 def layer(app: object, kind: type[T]) -> T:

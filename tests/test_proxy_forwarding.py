@@ -37,7 +37,8 @@ async def test_models_list_passes_through(proxy: Proxy) -> None:
 
 async def test_configured_upstream_key_replaces_the_clients(make_proxy, settings: Settings,  # type: ignore[no-untyped-def]
                                                             upstream: FakeOpenAI) -> None:
-    proxy = await make_proxy(settings=Settings(**{**vars(settings), "upstream_api_key": "sk-upstream"}))
+    proxy = await make_proxy(settings=Settings(**{**vars(settings), "upstream_api_key": "sk-upstream",
+                                                              "allow_any_client": True}))
     await proxy.chat("hello", headers={"authorization": "Bearer sk-client"})
     assert upstream.calls[-1].headers["authorization"] == "Bearer sk-upstream"
 
@@ -146,6 +147,8 @@ async def test_a_store_that_cannot_open_leaves_a_working_proxy(tmp_path, upstrea
         health = await client.get("/healthz")
         response = await client.post("/v1/chat/completions",
                                      json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        metrics = await client.get("/metrics")  # no token could be made there: closed, not open
+    assert metrics.status_code == 403 and "admin_token" in metrics.json()["error"]["message"]
     assert health.status_code == 200 and health.json()["status"] == "degraded"
     assert response.status_code == 200 and response.headers["x-semproxy-cache"] == "bypass"
     await cache.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -48,6 +49,11 @@ class Settings:
     # Upstream
     upstream: str = DEFAULT_UPSTREAM
     upstream_api_key: str | None = dataclasses.field(default=None, repr=False)
+    # Who may use the proxy (docs/security.md): the SHA-256 hashes of the client keys it serves
+    # ("sha256:<hex>", from `semproxy hash-key`); empty = any key. With an operator key (upstream_api_key or
+    # an upstream's api_key_env), an empty list serves no one unless allow_any_client is set.
+    client_keys: tuple[str, ...] = ()
+    allow_any_client: bool = False  # with an operator key and no client_keys: serve every client (trusted network)
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 600.0
     max_body_bytes: int = 8 * 1024 * 1024
@@ -101,8 +107,10 @@ class Settings:
     stats_retention_days: float = 30.0  # 0 keeps the log forever
     stats_prompt_chars: int = 0  # 0 logs a keyed hash of each prompt; N > 0 also its first N characters
     prices: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # model -> [input, output] USD/1M
+    # The admin endpoints (/metrics, /semproxy/api/stats) need this token in a header; unset, semproxy makes
+    # one in <data_dir>/admin_token (`semproxy admin-token` prints it). admin_open: no token (trusted network).
     admin_token: str | None = dataclasses.field(default=None, repr=False)
-    admin_remote: bool = False  # let non-loopback clients reach the admin endpoints (needs admin_token)
+    admin_open: bool = False
     # Routing and failover across several upstreams ([[upstreams]] tables; TOML only)
     upstreams: tuple[UpstreamConfig, ...] = ()
     failover_max_attempts: int = 3
@@ -146,7 +154,10 @@ class Settings:
         _check(bool(self.compression_keep_start and self.compression_keep_end), "keep markers must not be empty")
         _check(self.stats_retention_days >= 0, "stats_retention_days must be >= 0 (0 keeps the log forever)")
         _check(self.stats_prompt_chars >= 0, "stats_prompt_chars must be >= 0")
-        _check(not self.admin_remote or bool(self.admin_token), "admin_remote needs an admin_token")
+        _check(self.admin_token is None or len(self.admin_token) >= 16, "admin_token must be at least 16 characters")
+        object.__setattr__(self, "client_keys", tuple(k.strip().lower() for k in self.client_keys))
+        _check(all(_KEY_HASH.fullmatch(k) for k in self.client_keys),
+               "client_keys must list key hashes as 'sha256:' and 64 hex digits (`semproxy hash-key` makes them)")
         _check(isinstance(self.prices, dict) and all(isinstance(v, list | tuple) and len(v) == 2
                    and all(isinstance(x, int | float) and x >= 0 for x in v) for v in self.prices.values()),
                "prices must map a model to [input, output] prices per million tokens, both >= 0")
@@ -177,6 +188,13 @@ class Settings:
         _check(self.latency_probe_interval > 0, "latency_probe_interval must be > 0")
 
     @property
+    def operator_key_in_use(self) -> bool:
+        """Whether semproxy sends a key of its own upstream (then clients' keys only name tenants)."""
+        if self.upstreams:
+            return any(u.api_key for u in self.upstreams)
+        return bool(self.upstream_api_key)
+
+    @property
     def db_path(self) -> Path:
         """The SQLite file that holds the cache entries."""
         return self.data_dir / "cache.sqlite3"
@@ -185,6 +203,9 @@ class Settings:
     def stats_path(self) -> Path:
         """The SQLite file that holds the request log."""
         return self.data_dir / "stats.sqlite3"
+
+
+_KEY_HASH = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def _check(condition: bool, message: str) -> None:

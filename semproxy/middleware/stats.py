@@ -10,13 +10,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hmac
-import ipaddress
 import json
 import time
 import urllib.parse
 from collections.abc import Callable, Collection
 from importlib import resources
-from typing import Any
 
 import anyio.to_thread
 
@@ -50,29 +48,27 @@ API_PATH = "/semproxy/api/stats"
 
 @dataclasses.dataclass(frozen=True)
 class AdminAccess:
-    """Who may read the statistics: loopback clients unless `remote`, and only with the token if one is set."""
+    """Who may read the statistics: whoever sends the token in a header, or everyone when `open`.
+
+    Not "loopback clients": behind a reverse proxy on the same host every client is on loopback. Not the
+    query string: a token there lands in access logs and browser history."""
 
     token: str | None = None
-    remote: bool = False
+    open: bool = False
 
     def refusal(self, scope: Scope) -> tuple[int, str] | None:
         """(status, message) if this request may not see the admin endpoints, else None."""
-        if not self.remote and not _is_loopback(scope.get("client")):
-            return 403, "The admin endpoints answer loopback clients only (see the admin_remote setting)."
-        if self.token is not None:
-            given = _admin_token(scope)
-            if given is None or not hmac.compare_digest(given.encode(), self.token.encode()):
-                return 401, "This endpoint needs the admin token (X-Semproxy-Admin-Token or Authorization: Bearer)."
-        return None
-
-
-def _is_loopback(client: Any) -> bool:
-    if not client:  # a Unix socket: only local processes can reach it
-        return True
-    try:
-        return ipaddress.ip_address(str(client[0])).is_loopback
-    except ValueError:
-        return False
+        if self.open:
+            return None
+        if self.token is None:
+            return 403, "The admin endpoints are closed: set admin_token (or admin_open for a trusted network)."
+        given = _admin_token(scope)
+        if given is not None and hmac.compare_digest(given.encode(), self.token.encode()):
+            return None
+        if given is None and b"token=" in bytes(scope.get("query_string", b"")):
+            return 401, ("The admin token goes in a header (X-Semproxy-Admin-Token or Authorization: Bearer), "
+                         "never in the URL, where access logs and browser history would keep it.")
+        return 401, "This endpoint needs the admin token (X-Semproxy-Admin-Token or Authorization: Bearer)."
 
 
 def _admin_token(scope: Scope) -> str | None:
@@ -81,9 +77,6 @@ def _admin_token(scope: Scope) -> str | None:
         authorization = header(scope, b"authorization") or ""
         scheme, _, credentials = authorization.partition(" ")
         given = credentials.strip() if scheme.lower() == "bearer" else None
-    if given is None:  # a browser opening the dashboard cannot send headers
-        query = urllib.parse.parse_qs(bytes(scope.get("query_string", b"")).decode("latin-1"))
-        given = next(iter(query.get("token", [])), None)
     return given
 
 
@@ -122,6 +115,12 @@ class StatsMiddleware:
     # ---------------------------------------------------------------- admin endpoints
 
     async def _admin(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        if path == DASHBOARD_PATH and scope["method"] in ("GET", "HEAD"):
+            # The page holds no figures (it is the file shipped in the package); its script asks for the token
+            # and sends it in a header to the statistics API.
+            await send_response(send, 200, self._dashboard_page(), [
+                (b"content-type", b"text/html; charset=utf-8"), (b"cache-control", b"no-store")])
+            return
         refused = self.access.refusal(scope)
         if refused is not None:
             status, message = refused
@@ -137,9 +136,6 @@ class StatsMiddleware:
             await send_response(send, 200, body, [(b"content-type", CONTENT_TYPE.encode())])
         elif path == API_PATH:
             await self._api(scope, send)
-        elif path == DASHBOARD_PATH:
-            await send_response(send, 200, self._dashboard_page(), [
-                (b"content-type", b"text/html; charset=utf-8"), (b"cache-control", b"no-store")])
         else:
             await send_response(send, 404, error_body(f"Unknown path {path}.", error_type="invalid_request_error",
                                                       code="not_found"), JSON_HEADERS)

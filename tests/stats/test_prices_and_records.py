@@ -130,15 +130,16 @@ def test_price_and_admin_settings_are_read_and_checked(tmp_path: Path) -> None:
 
     config = tmp_path / "c.toml"
     config.write_text('stats_retention_days = 7\n[prices]\n"my-model" = [0.5, 1.5]\n')
-    settings = load_settings(config_file=config, environ={"SEMPROXY_ADMIN_TOKEN": "t"})
-    assert settings.prices == {"my-model": [0.5, 1.5]} and settings.admin_token == "t"
+    settings = load_settings(config_file=config, environ={"SEMPROXY_ADMIN_TOKEN": "t" * 16})
+    assert settings.prices == {"my-model": [0.5, 1.5]} and settings.admin_token == "t" * 16
     assert settings.stats_retention_days == 7
     from_env = load_settings(environ={"SEMPROXY_PRICES": '{"x": [1, 2]}'})
     assert PriceTable(from_env.prices).get("x-large") == Price(1.0, 2.0)
     for environ, message in (({"SEMPROXY_PRICES": '{"x": [1]}'}, "prices"),
                              ({"SEMPROXY_PRICES": "[1, 2]"}, "prices"),
                              ({"SEMPROXY_PRICES": "{oops"}, "prices"),
-                             ({"SEMPROXY_ADMIN_REMOTE": "true"}, "admin_remote needs an admin_token"),
+                             ({"SEMPROXY_ADMIN_TOKEN": "short"}, "at least 16 characters"),
+                             ({"SEMPROXY_CLIENT_KEYS": "sk-plain-key"}, "client_keys must list key hashes"),
                              ({"SEMPROXY_STATS_RETENTION_DAYS": "-1"}, "stats_retention_days")):
         with pytest.raises(ConfigError, match=message):
             load_settings(environ=environ)

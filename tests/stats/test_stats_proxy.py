@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from semproxy.cli import main
 from semproxy.config import Settings
 from tests.conftest import Proxy
 from tests.fakes import FakeOpenAI
@@ -128,32 +129,47 @@ def _client(app: Any, host: str) -> httpx.AsyncClient:
 ADMIN_PATHS = ("/metrics", "/semproxy/metrics", "/semproxy/api/stats", "/semproxy/dashboard")
 
 
-async def test_admin_endpoints_are_loopback_only_by_default(proxy: Proxy) -> None:
-    async with _client(proxy.app, "203.0.113.9") as remote:
-        for path in ADMIN_PATHS:
-            response = await remote.get(path)
-            assert response.status_code == 403 and response.json()["error"]["code"] == "forbidden"
-        assert (await remote.get("/healthz")).status_code == 200  # load balancers still see health
-        assert (await remote.get("/semproxy/healthz")).status_code == 200
-        chat = await remote.post("/v1/chat/completions", json={"model": "m", "messages": [
-            {"role": "user", "content": "hi"}]}, headers={"authorization": "Bearer sk-alice"})
-        assert chat.status_code == 200  # the API itself is not an admin endpoint
-    async with _client(proxy.app, "::1") as local:
-        assert (await local.get("/metrics")).status_code == 200
+ADMIN_API_PATHS = ("/metrics", "/semproxy/metrics", "/semproxy/api/stats")
 
 
-async def test_with_an_admin_token_tenant_keys_get_nothing(make_proxy, settings: Settings) -> None:  # type: ignore[no-untyped-def]
-    proxy = await make_proxy(settings=dataclasses.replace(settings, admin_token="s3cret", admin_remote=True))
+async def test_admin_endpoints_need_a_token_by_default_even_on_loopback(make_proxy, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    proxy = await make_proxy(settings=dataclasses.replace(settings, admin_open=False))
+    token = (settings.data_dir / "admin_token").read_text().strip()  # made at start, for its owner only
+    assert len(token) >= 32 and (settings.data_dir / "admin_token").stat().st_mode & 0o077 == 0
+    for host in ("127.0.0.1", "::1", "203.0.113.9"):  # a reverse proxy on the host makes everyone loopback
+        async with _client(proxy.app, host) as client:
+            for path in ADMIN_API_PATHS:
+                refused = await client.get(path)
+                assert refused.status_code == 401 and refused.json()["error"]["code"] == "admin_token_required"
+                assert (await client.get(path, headers={"x-semproxy-admin-token": token})).status_code == 200
+            assert (await client.get("/healthz")).status_code == 200  # load balancers still see health
+            assert (await client.get("/semproxy/healthz")).status_code == 200
+            chat = await client.post("/v1/chat/completions", json={"model": "m", "messages": [
+                {"role": "user", "content": "hi"}]}, headers={"authorization": "Bearer sk-alice"})
+            assert chat.status_code == 200  # the API itself is not an admin endpoint
+    assert main(["admin-token", "--data-dir", str(settings.data_dir)]) == 0
+
+
+async def test_with_an_admin_token_tenant_keys_and_urls_get_nothing(make_proxy, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    secret = "s3cret-admin-token-42"
+    proxy = await make_proxy(settings=dataclasses.replace(settings, admin_token=secret, admin_open=False))
     await proxy.chat("hello")
-    for path in ADMIN_PATHS:
+    assert not (settings.data_dir / "admin_token").exists()  # the configured token is the only one
+    for path in ADMIN_API_PATHS:
         assert (await proxy.client.get(path)).status_code == 401
         assert (await proxy.client.get(path, headers={"authorization": "Bearer sk-alice"})).status_code == 401
-        assert (await proxy.client.get(path, headers={"x-semproxy-admin-token": "s3cre"})).status_code == 401
-        assert (await proxy.client.get(path, headers={"x-semproxy-admin-token": "s3cret"})).status_code == 200
-    assert (await proxy.client.get("/semproxy/dashboard?token=s3cret")).status_code == 200
-    async with _client(proxy.app, "198.51.100.7") as remote:  # admin_remote: any client with the token
-        assert (await remote.get("/metrics", headers={"authorization": "Bearer s3cret"})).status_code == 200
-        assert (await remote.get("/metrics")).status_code == 401
+        assert (await proxy.client.get(path, headers={"x-semproxy-admin-token": secret[:-1]})).status_code == 401
+        assert (await proxy.client.get(path + f"?token={secret}")).status_code == 401  # never in a URL
+        assert (await proxy.client.get(path, headers={"x-semproxy-admin-token": secret})).status_code == 200
+        assert (await proxy.client.get(path, headers={"authorization": f"Bearer {secret}"})).status_code == 200
+
+
+async def test_admin_open_serves_everyone(make_proxy, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    proxy = await make_proxy(settings=dataclasses.replace(settings, admin_open=True))
+    async with _client(proxy.app, "198.51.100.7") as remote:
+        for path in ADMIN_API_PATHS:
+            assert (await remote.get(path)).status_code == 200
+    assert not (settings.data_dir / "admin_token").exists()
 
 
 async def test_statistics_can_be_turned_off(make_proxy, settings: Settings) -> None:  # type: ignore[no-untyped-def]

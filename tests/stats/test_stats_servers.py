@@ -87,8 +87,10 @@ def test_middleware_mode_records_and_serves_statistics_beside_the_apps_routes(tm
                     for _ in range(3)]
         assert outcomes == ["miss", "exact", "exact"]
         assert httpx.get(server.url + "/metrics").text == "the app's own metrics"
-        figures = httpx.get(server.url + "/semproxy/api/stats").json()
-        metrics = httpx.get(server.url + "/semproxy/metrics").text
+        assert httpx.get(server.url + "/semproxy/api/stats").status_code == 401  # closed in an app too
+        admin = {"x-semproxy-admin-token": (tmp_path / "admin_token").read_text().strip()}
+        figures = httpx.get(server.url + "/semproxy/api/stats", headers=admin).json()
+        metrics = httpx.get(server.url + "/semproxy/metrics", headers=admin).text
     assert figures["requests"] == 4 and figures["outcomes"]["exact"] == 2  # the app's /metrics counts too
     assert 'semproxy_requests_total{model="mistral-small",outcome="miss",upstream="app"} 1.0' in metrics
     rows = _rows(settings.stats_path)

@@ -64,7 +64,7 @@ async def routed(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 
     async def make(*upstreams: UpstreamConfig, clock: Callable[[], float] | None = None, **fields: Any) -> Routed:
         settings = Settings(data_dir=tmp_path / "data", upstreams=upstreams, compression_enabled=False,
-                            semantic_enabled=False, **fields)
+                            semantic_enabled=False, **{"allow_any_client": True, **fields})
         cache = build_cache(settings, load_embedder=HashingEmbedder)
         await cache.start()
         transport = build_transport()

@@ -12,6 +12,8 @@ from tests.fakes import FakeOpenAI
 from tests.servers import ThreadServer, semproxy_process
 
 TABLES = """
+allow_any_client = true  # the general upstream's key serves every client here
+
 [[upstreams]]
 name = "general"
 url = "{general}"
