@@ -57,7 +57,7 @@ from semproxy.stats.metrics import Metrics
 from semproxy.stats.prices import PriceTable
 from semproxy.storage import Storage
 from semproxy.storage.sqlite import SqliteStorage
-from semproxy.types import ASGIApp, Receive, Scope, Send, lifespan_hooks, route_path
+from semproxy.types import ASGIApp, ByteBudget, Receive, Scope, Send, lifespan_hooks, route_path
 from semproxy.upstream.proxy import UpstreamProxy
 from semproxy.upstream.routing import Router, RoutingPolicy
 
@@ -210,13 +210,14 @@ def build_layers(inner: ASGIApp, settings: Settings, *, cache: SemanticCache, st
     app: ASGIApp = UpstreamTimer(_closing(inner, storage.close))
     if compression is not None:
         app = CompressionMiddleware(app, service=compression, max_body_bytes=settings.max_body_bytes)
-    app = CacheMiddleware(app, settings=settings, cache=cache, routes=routes,
+    held_answers = ByteBudget(settings.max_held_bytes)
+    app = CacheMiddleware(app, settings=settings, cache=cache, routes=routes, held=held_answers,
                           health=partial(health_report, settings, cache, compression))
     guarded = _guarded_requests(settings, proxy_mode=proxy_mode, routes=routes)
     if guarded is not None:  # outside the cache: a client the proxy does not serve gets no hit either
         app = ClientAccess(app, allowed=settings.client_keys, guarded=guarded)
     if settings.stats_enabled:
-        app = _stats_layer(app, settings, cache, storage, proxy_mode=proxy_mode)
+        app = _stats_layer(app, settings, cache, storage, proxy_mode=proxy_mode, held_answers=held_answers)
     return app
 
 
@@ -252,15 +253,18 @@ def _admin_access(settings: Settings) -> AdminAccess:
 
 
 def _stats_layer(app: ASGIApp, settings: Settings, cache: SemanticCache, storage: Storage, *,
-                 proxy_mode: bool) -> ASGIApp:
+                 proxy_mode: bool, held_answers: ByteBudget) -> ASGIApp:
     """`app` behind the statistics layer: request log, Prometheus metrics, admin endpoints."""
     metrics = Metrics(cache_entries=cache.entry_count)
     request_log = RequestLog(
         storage, prices=PriceTable(settings.prices), count=partial(_token_counter, settings.data_dir),
         retention_days=settings.stats_retention_days, prompt_chars=settings.stats_prompt_chars,
-        listeners=[metrics.observe],
+        listeners=[metrics.observe], max_pending_bytes=settings.max_held_bytes,
     )
     metrics.dropped.set_function(lambda: request_log.dropped)
+    metrics.without_bodies.set_function(lambda: request_log.without_bodies)
+    metrics.held_bytes.labels("log").set_function(lambda: request_log.budget.held)
+    metrics.held_bytes.labels("answers").set_function(lambda: held_answers.held)
     return StatsMiddleware(
         app, log=request_log, source=storage, metrics=metrics,
         access=_admin_access(settings), tenant_of=partial(_tenant_of, settings, cache),

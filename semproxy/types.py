@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -114,7 +115,11 @@ def route_path(scope: Scope) -> str:
 def declared_over(declared: str | None, limit: int) -> bool:
     """Whether a Content-Length header announces more than `limit` bytes (ASCII digits only: "²" is a
     digit to `str.isdigit` but not to `int`)."""
-    return declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit
+    if declared is None or not (declared.isascii() and declared.isdigit()):
+        return False
+    digits = declared.lstrip("0")
+    # More digits than the limit has is over it: int() refuses strings of more than 4,300 digits (ValueError).
+    return len(digits) > len(str(limit)) or int(digits or "0") > limit
 
 
 async def read_body(receive: Receive, *, limit: int, declared: str | None) -> bytes:
@@ -182,3 +187,29 @@ def lifespan_hooks(receive: Receive, *, on_startup: Callable[[], object],
         return message
 
     return lifespan_receive
+
+
+class ByteBudget:
+    """How many bytes all requests together may hold at once for one purpose (held answers, log bodies).
+
+    Memory bounded by a count (requests, queued records) is not bounded: 64 requests of 64 MiB each are 4 GiB.
+    Each holder takes bytes before keeping them and gives them back when it lets go (thread-safe: the log's
+    writer thread gives back what the event loop took)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        """Reserve `size` bytes; False (nothing reserved) if that would pass the limit."""
+        with self._lock:
+            if self.held + size > self.limit:
+                return False
+            self.held += size
+            return True
+
+    def give(self, size: int) -> None:
+        """Return bytes taken earlier."""
+        with self._lock:
+            self.held -= size

@@ -57,6 +57,10 @@ class Settings:
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 600.0
     max_body_bytes: int = 8 * 1024 * 1024
+    # What all requests together may hold at once, for each of: answers held to be checked before they are
+    # stored, and bodies waiting for the request log. Past it, answers are relayed unchecked and unstored,
+    # and log rows are written without the token counts their bodies would give.
+    max_held_bytes: int = 256 * 1024 * 1024
 
     # Cache
     cache_enabled: bool = True
@@ -131,6 +135,7 @@ class Settings:
         _check(self.ttl_seconds >= 0, "ttl_seconds must be >= 0 (0 means entries never expire)")
         _check(self.max_entries >= 1, "max_entries must be at least 1")
         _check(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024")
+        _check(self.max_held_bytes >= self.max_body_bytes, "max_held_bytes must be at least max_body_bytes")
         _check(self.max_temperature >= 0, "max_temperature must be >= 0")
         _check(self.embed_batch_size >= 1, "embed_batch_size must be at least 1")
         _check(bool(self.embedding_model.strip()), "embedding_model must not be empty")

@@ -28,6 +28,7 @@ from semproxy.types import (
     JSON_HEADERS,
     SSE_HEADERS,
     ASGIApp,
+    ByteBudget,
     Receive,
     Scope,
     Send,
@@ -56,7 +57,7 @@ class CacheMiddleware:
     """Answers repeated and near-duplicate requests from the cache; forwards and stores the rest."""
 
     def __init__(self, app: ASGIApp, *, settings: Settings, cache: SemanticCache,
-                 routes: Mapping[str, Kind] = DEFAULT_ROUTES,
+                 routes: Mapping[str, Kind] = DEFAULT_ROUTES, held: ByteBudget | None = None,
                  health: Callable[[], tuple[int, dict[str, Any]]] | None = None) -> None:
         self.app = app
         self.health = health or cache.health  # the composition root adds the other layers' state
@@ -65,6 +66,8 @@ class CacheMiddleware:
         self.routes = dict(routes)
         self.flights = SingleFlight()
         self.latencies = LatencySamples()  # for mask_hit_timing
+        # Non-stream answers held to be checked before they are stored, all requests together.
+        self.held = held or ByteBudget(settings.max_held_bytes)
         self._starting: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -106,6 +109,7 @@ class CacheResponder:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.facts = facts(scope)
         self.started = time.perf_counter()
+        self.arrived = time.time()  # an erasure of the tenant after this drops what the request would store
         try:
             raw = await read_body(receive, limit=self.settings.max_body_bytes,
                                   declared=header(scope, b"content-length"))
@@ -119,9 +123,13 @@ class CacheResponder:
         receive = replay(raw, receive)
         if key is None or not (request_controls.lookup or request_controls.store):
             self.facts.cache = "bypass"
-            capture = ResponseCapture(send, kind=self.kind, stream=is_stream(body), outcome="bypass", store=None)
-            await self.middleware.app(scope, receive, capture)
-            await capture.finish()
+            capture = ResponseCapture(send, kind=self.kind, stream=is_stream(body), outcome="bypass", store=None,
+                                      budget=self.middleware.held)
+            try:
+                await self.middleware.app(scope, receive, capture)
+                await capture.finish()
+            finally:
+                capture.close()
             return
         await self._cached(scope, receive, send, body, key, request_controls)
 
@@ -165,7 +173,8 @@ class CacheResponder:
     async def _forward(self, scope: Scope, receive: Receive, send: Send, body: JSON, key: CacheKey,
                        request_controls: Controls, lookup: Lookup, outcome: str) -> None:
         async def store(response: bytes) -> None:
-            await self.cache.put(key, response, embedding=lookup.embedding, ttl_seconds=request_controls.ttl_seconds)
+            await self.cache.put(key, response, embedding=lookup.embedding, ttl_seconds=request_controls.ttl_seconds,
+                                 asked_at=self.arrived)
 
         self.facts.cache = outcome
         headers = []
@@ -173,9 +182,13 @@ class CacheResponder:
             self.facts.verdict = lookup.rejected.header()
             headers.append((b"x-semproxy-verdict", _header_value(lookup.rejected.header())))
         capture = ResponseCapture(send, kind=self.kind, stream=is_stream(body), outcome=outcome,
-                                  store=store if request_controls.store else None, headers=headers)
-        await self.middleware.app(scope, receive, capture)
-        await capture.finish()
+                                  store=store if request_controls.store else None, headers=headers,
+                                  budget=self.middleware.held)
+        try:
+            await self.middleware.app(scope, receive, capture)
+            await capture.finish()
+        finally:
+            capture.close()
         if self.settings.mask_hit_timing and capture.status is not None and 200 <= capture.status < 300:
             stream = is_stream(body)
             end = capture.first_byte_at if stream else time.perf_counter()

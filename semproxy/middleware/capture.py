@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from semproxy.errors import UpstreamError
 from semproxy.openai import BadJSON, Kind, SSEParser, StreamAssembler, is_complete_response, loads
-from semproxy.types import JSON_HEADERS, Message, RawHeaders, Send
+from semproxy.types import JSON_HEADERS, ByteBudget, Message, RawHeaders, Send
 
 log = logging.getLogger("semproxy.cache")
 
@@ -35,11 +35,12 @@ class InvalidAnswer(UpstreamError):
 class ResponseCapture:
     """A `send` wrapper: adds the cache header, relays every message, stores a complete 2xx answer.
 
-    Call `finish()` once the wrapped app returned: it answers 502 if a held answer never completed.
+    Call `finish()` once the wrapped app returned: it answers 502 if a held answer never completed; and
+    `close()` in any case (a `finally`): it gives back the bytes held against `budget`.
     """
 
     def __init__(self, send: Send, *, kind: Kind, stream: bool, outcome: str, store: Store | None,
-                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+                 headers: list[tuple[bytes, bytes]] | None = None, budget: ByteBudget | None = None) -> None:
         self._send = send
         self._headers = headers or []
         self._kind = kind
@@ -50,6 +51,8 @@ class ResponseCapture:
         self._held: Message | None = None  # the start message of a non-stream answer being held
         self._stored = False
         self._body = bytearray()
+        self._budget = budget
+        self._taken = 0  # bytes of _body reserved in the budget
         self._parser = SSEParser()
         self._assembler = StreamAssembler(kind)
         self.status: int | None = None  # the status the client got
@@ -110,14 +113,38 @@ class ResponseCapture:
 
     async def _hold(self, message: Message) -> None:
         assert self._held is not None
-        self._body += message.get("body", b"")
+        chunk: bytes = message.get("body", b"")
+        if len(self._body) + len(chunk) > HOLD_LIMIT or not self._take(len(chunk)):
+            # Too big to be a completion we would check, or all requests together hold too much already:
+            # relayed unchecked, never stored.
+            await self._pass_on(message)
+            return
+        self._body += chunk
         if not message.get("more_body", False):
             await self._release()
-        elif len(self._body) > HOLD_LIMIT:  # too big to be a completion we would check: pass it on
-            start, self._held = self._held, None
-            await self._send(start)
-            await self._relay({"type": "http.response.body", "body": bytes(self._body), "more_body": True})
-            self._body = bytearray()
+
+    def _take(self, size: int) -> bool:
+        if self._budget is None:
+            return True
+        if not self._budget.take(size):
+            log.warning("an answer is relayed unchecked: held answers reached their limit (max_held_bytes)")
+            return False
+        self._taken += size
+        return True
+
+    async def _pass_on(self, message: Message) -> None:
+        assert self._held is not None
+        start, self._held = self._held, None
+        held, self._body = bytes(self._body) + message.get("body", b""), bytearray()
+        self.close()
+        await self._send(start)
+        await self._relay({"type": "http.response.body", "body": held, "more_body": message.get("more_body", False)})
+
+    def close(self) -> None:
+        """Give back the bytes this answer held against the budget (idempotent)."""
+        if self._taken and self._budget is not None:
+            self._budget.give(self._taken)
+        self._taken = 0
 
     async def _release(self) -> None:
         assert self._held is not None
@@ -130,6 +157,8 @@ class ResponseCapture:
         content_type = dict((k.lower(), v.lower()) for k, v in start["headers"]).get(b"content-type", b"")
         if self._store is not None and b"json" in content_type:
             await self._store_once(response)
+        self._body = bytearray()
+        self.close()
         await self._send(start)
         await self._relay({"type": "http.response.body", "body": response, "more_body": False})
 

@@ -174,6 +174,8 @@ class StatsResponder:
         self.request_chunks: list[bytes] = []
         self.response_chunks: list[bytes] = []
         self.request_size = self.response_size = 0
+        self.held_bytes = 0  # what the kept chunks hold against the log's budget
+        self.keeping = True  # False once the budget refused a chunk: a body with a hole in it is no use
         self.status = 0
         self.content_type = ""
         self.first_byte: float | None = None
@@ -195,7 +197,7 @@ class StatsResponder:
         if message["type"] == "http.request":
             chunk = message.get("body", b"")
             self.request_size += len(chunk)
-            if chunk and self.request_size <= self.middleware.max_body_bytes:
+            if chunk and self.request_size <= self.middleware.max_body_bytes and self._take(len(chunk)):
                 self.request_chunks.append(chunk)
         return message
 
@@ -210,18 +212,28 @@ class StatsResponder:
             if chunk and self.first_byte is None:
                 self.first_byte = time.perf_counter()
             self.response_size += len(chunk)
-            if chunk and self.response_size <= self.middleware.max_body_bytes:
+            if chunk and self.response_size <= self.middleware.max_body_bytes and self._take(len(chunk)):
                 self.response_chunks.append(chunk)
         await self._send(message)
 
+    def _take(self, size: int) -> bool:
+        self.keeping = self.keeping and self.middleware.log.budget.take(size)
+        if self.keeping:
+            self.held_bytes += size
+        return self.keeping
+
     def _submit(self, scope: Scope, record: RequestFacts, started: float, clock: float, end: float) -> None:
+        if not self.keeping:  # let go at once of what was kept before the budget ran out
+            self.middleware.log.budget.give(self.held_bytes)
+            self.held_bytes, self.request_chunks, self.response_chunks = 0, [], []
         self.middleware.log.submit(Observed(
             started=started, method=str(scope["method"]), endpoint=route_path(scope),
             tenant=functools.partial(self.middleware.tenant_of, scope),
             request_body=self.request_chunks, status=self.status, content_type=self.content_type,
             response_body=self.response_chunks, total_ms=(end - clock) * 1000,
             ttfb_ms=None if self.first_byte is None else (self.first_byte - clock) * 1000,
-            facts=record, default_upstream=self.middleware.default_upstream))
+            facts=record, default_upstream=self.middleware.default_upstream, held_bytes=self.held_bytes,
+            bodies_whole=self.keeping))
 
 
 class UpstreamTimer:

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from semproxy.stats.prices import PriceTable
 from semproxy.stats.record import Observed, RequestRecord, finish
+from semproxy.types import ByteBudget
 
 log = logging.getLogger("semproxy.stats")
 
@@ -54,7 +55,8 @@ class RequestLog:
     def __init__(self, store: LogStore, *, prices: PriceTable, count: Callable[[], TokenCounter],
                  retention_days: float = 30.0, prompt_chars: int = 0, listeners: Sequence[Listener] = (),
                  flush_seconds: float = 0.5, max_batch: int = 512, max_pending: int = 10_000,
-                 idle_seconds: float = 30.0, clock: Callable[[], float] = time.time) -> None:
+                 max_pending_bytes: int = 256 * 1024 * 1024, idle_seconds: float = 30.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self._key: bytes | None = None  # the prompt-hash key, read once
         self._prices, self._make_counter, self._listeners = prices, count, list(listeners)
@@ -67,15 +69,22 @@ class RequestLog:
         self._wake = threading.Event()  # flush() and close() cut the batching wait short
         self.dropped = 0  # observations lost to a full queue
         self.written = 0
+        # The bodies of requests in flight and of queued records, in bytes: each record is bounded by
+        # max_body_bytes and the queue by a count, but 10,000 records of 16 MiB would be 160 GiB.
+        self.budget = ByteBudget(max_pending_bytes)
+        self.without_bodies = 0  # records logged without their bodies (the budget was spent)
 
     def submit(self, observed: Observed) -> None:
         """Queue one request for the log; never blocks (drops it if the writer is far behind)."""
         with self._lock:  # the writer only retires, idle, under this lock with an empty queue
             self._start()
+            if not observed.bodies_whole:
+                self.without_bodies += 1
             try:
                 self._queue.put_nowait(observed)
             except queue.Full:
                 self.dropped += 1
+                self.budget.give(observed.held_bytes)
 
     def start(self) -> None:
         """Start the writer thread (idempotent; it also starts with the first request)."""
@@ -201,6 +210,12 @@ class RequestLog:
 
     def _write_batch(self, batch: list[Observed], count: TokenCounter) -> None:
         try:
+            self._write_records(batch, count)
+        finally:
+            self.budget.give(sum(o.held_bytes for o in batch))  # the batch's bodies are read no more
+
+    def _write_records(self, batch: list[Observed], count: TokenCounter) -> None:
+        try:
             key = self._key = self._key or self.store.log_key()
         except Exception as exc:  # a database that is down: these records are lost, later ones are written
             log.warning("the request log is unavailable (%s); %d records dropped", exc, len(batch))
@@ -231,3 +246,5 @@ class RequestLog:
         while (item := self._queue.get()) is not _STOP:
             if isinstance(item, threading.Event):
                 item.set()
+            elif isinstance(item, Observed):
+                self.budget.give(item.held_bytes)

@@ -44,6 +44,11 @@ class Metrics:
         self.cache_entries = Gauge("semproxy_cache_entries", "Entries in the cache", registry=r)
         self.dropped = Gauge("semproxy_log_dropped_records", "Requests not logged: the log writer was too far behind",
                              registry=r)
+        self.without_bodies = Gauge("semproxy_log_records_without_bodies",
+                                    "Requests logged without token counts: bodies waiting for the log reached "
+                                    "max_held_bytes", registry=r)
+        self.held_bytes = Gauge("semproxy_held_bytes", "Bytes held for the request log, and answers held to be "
+                                "checked before they are stored", ["purpose"], registry=r)
         if cache_entries is not None:
             self.cache_entries.set_function(cache_entries)
         self._labels: dict[str, set[str]] = {}

@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from semproxy.openai import BadJSON, loads_request
 from semproxy.stats.prices import PriceTable
 from semproxy.types import HIT_OUTCOMES, RequestFacts
 
@@ -37,6 +38,8 @@ class Observed:
     ttfb_ms: float | None
     facts: RequestFacts
     default_upstream: str
+    held_bytes: int = 0  # what the body chunks hold against the log's byte budget, given back once written
+    bodies_whole: bool = True  # False: the budget was spent, the bodies were not kept (no token counts)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -192,8 +195,10 @@ def _answer_text(choices: Any, field: str) -> str:
 
 def _json_object(raw: bytes) -> dict[str, Any] | None:
     try:
-        value = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        # Every way the parse can fail, and strings that are not text (half a surrogate pair), which the
+        # prompt's hash and the token counter would fail on: such a request is logged without them.
+        value = loads_request(raw)
+    except BadJSON:
         return None
     return value if isinstance(value, dict) else None
 
