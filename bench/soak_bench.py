@@ -7,14 +7,19 @@ no-store requests and bad requests (400), from 8 tenants. semproxy runs with its
 model and hit verifier) except compression (off: its model would take a core of its own) and
 `max_entries` = 5,000, so the soak also runs LRU eviction and memory has a bound to settle at. Reported:
 requests and status counts per path, 5xx (semproxy's: the fake upstream never answers 5xx), p50/p95/p99
-latency per path, and resident memory of the semproxy process sampled every 5 s: growth after warm-up.
+latency per path, and resident memory of the semproxy process with its entry count (from /metrics),
+sampled every 10 s.
+
+Memory must grow until the cache holds `max_entries`: its baseline is taken once the warm-up has passed and
+the cache is full, whichever is later. Targets (issue 16): RSS at most +5 % over that baseline, and flat over
+the last 15 minutes (the least-squares slope of those samples at most 0.1 MB a minute, 1.5 MB in 15 minutes).
 
 Checked: the load is what it says (every path sent; bad requests all 400, no-store ones all bypass, new
 prompts all misses, repeats at least 80 % hits, paraphrases at least 50 %), else nothing is written; and
 what a soak promises (no 5xx, no client-side error, every other answer a 200, the proxy alive at the end).
 A broken promise is the finding: the results are written with the checks, then FAIL and exit status 1.
 
-    .venv/bin/python bench/soak_bench.py --seconds 600      # writes bench/results/soak_bench.json
+    .venv/bin/python bench/soak_bench.py --seconds 1800     # writes bench/results/soak_bench.json
     .venv/bin/python bench/soak_bench.py --quick            # a smoke run: 20 s after a 5 s warm-up
 """
 
@@ -41,6 +46,11 @@ from bench.common import Checks, provenance, pythonpath, run_main, write_results
 from tests.servers import free_port, semproxy_process  # noqa: E402
 
 CONCURRENCY = 64
+MAX_ENTRIES = 5000
+SAMPLE_SECONDS = 10
+FLAT_WINDOW_SECONDS = 15 * 60
+MAX_GROWTH_PCT = 5.0
+MAX_SLOPE_MB_PER_MIN = 0.1
 TENANTS = [f"sk-soak-{i}" for i in range(8)]
 TOPICS = ["python lists", "the french revolution", "photosynthesis", "sourdough bread", "tcp handshakes",
           "black holes", "the stock market", "knitting a scarf", "rust ownership", "jazz harmony"]
@@ -139,9 +149,46 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cache_entries(url: str, admin: dict[str, str]) -> int | None:
+    """The proxy's entry count, from its Prometheus metrics (None if they did not answer in time)."""
+    try:
+        text = httpx.get(url + "/metrics", headers=admin, timeout=5).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("semproxy_cache_entries "):
+            return int(float(line.split()[1]))
+    return None
+
+
+def memory(samples: list[tuple[float, float, int | None]], warmup: float) -> dict[str, Any]:
+    """Growth over the baseline (warm-up passed and the cache full) and the slope of the last 15 minutes."""
+    full_at = next((t for t, _, entries in samples if entries is not None and entries >= MAX_ENTRIES), None)
+    start = max(warmup, full_at if full_at is not None else float("inf"))
+    after = [(t, mb) for t, mb, _ in samples if t >= start]
+    if len(after) < 2:
+        return {"cache_full_at_s": full_at, "baseline_at_s": None, "samples_after_baseline": len(after)}
+    base, end = after[0][1], samples[-1][0]
+    last = [(t, mb) for t, mb in after if t >= end - FLAT_WINDOW_SECONDS]
+    return {"cache_full_at_s": full_at, "baseline_at_s": after[0][0], "baseline": base, "end": after[-1][1],
+            "max_after_baseline": max(mb for _, mb in after),
+            "growth_pct": round(100 * (max(mb for _, mb in after) - base) / base, 2),
+            "flat_window_s": round(last[-1][0] - last[0][0], 1), "flat_window_samples": len(last),
+            "slope_mb_per_min_flat_window": round(_slope(last) * 60, 4),
+            "growth_mb_flat_window": round(last[-1][1] - last[0][1], 1)}
+
+
+def _slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of y over x."""
+    n = len(points)
+    mean_x, mean_y = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread if spread else 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=600)
+    parser.add_argument("--seconds", type=float, default=1800)
     parser.add_argument("--warmup", type=float, default=None, help="default: a tenth of the run, at least 30 s")
     parser.add_argument("--role", choices=("conductor", "load"), default="conductor")
     parser.add_argument("--url")
@@ -159,7 +206,7 @@ def main() -> None:
     port = free_port()
     upstream = subprocess.Popen([sys.executable, str(REPO / "bench" / "fake_upstream.py"), "--port", str(port),
                                  "--delay-ms", "50"])
-    env = {"SEMPROXY_LOG_LEVEL": "error", "SEMPROXY_MAX_ENTRIES": "5000", "PYTHONPATH": pythonpath(REPO)}
+    env = {"SEMPROXY_LOG_LEVEL": "error", "SEMPROXY_MAX_ENTRIES": str(MAX_ENTRIES), "PYTHONPATH": pythonpath(REPO)}
     try:
         with tempfile.TemporaryDirectory() as tmp, \
                 semproxy_process(Path(tmp) / "data", f"http://127.0.0.1:{port}/v1", env_extra=env) as proxy:
@@ -167,27 +214,24 @@ def main() -> None:
             load = subprocess.Popen([sys.executable, __file__, "--role", "load", "--url", proxy.url,  # type: ignore[attr-defined]
                                      "--seconds", str(warmup + args.seconds), "--warmup", str(warmup),
                                      "--out", str(out)])
+            admin = {"x-semproxy-admin-token": (Path(tmp) / "data" / "admin_token").read_text().strip()}
             started, samples = time.monotonic(), []
             while load.poll() is None:
-                samples.append((round(time.monotonic() - started, 1), round(rss_mb(proxy.pid), 1)))
-                time.sleep(5)
+                samples.append((round(time.monotonic() - started, 1), round(rss_mb(proxy.pid), 1),
+                                cache_entries(proxy.url, admin)))  # type: ignore[attr-defined]
+                time.sleep(SAMPLE_SECONDS)
             alive = proxy.poll() is None
             result = json.loads(out.read_text())
     finally:
         upstream.terminate()
         upstream.wait()
-    after_warmup = [mb for t, mb in samples if t >= warmup]
-    base = after_warmup[0] if after_warmup else float("nan")
     statuses = result["statuses"]
     result.update({
         "seconds_measured": args.seconds, "warmup_seconds": warmup, "concurrency": CONCURRENCY,
         "requests": sum(sum(s.values()) for s in statuses.values()),
         "semproxy_5xx": sum(n for s in statuses.values() for code, n in s.items() if code.startswith("5")),
-        "proxy_alive_at_end": alive,
-        "rss_mb": {"at_warmup_end": base, "end": after_warmup[-1] if after_warmup else None,
-                   "max_after_warmup": max(after_warmup, default=None),
-                   "growth_pct": round(100 * (max(after_warmup) - base) / base, 2) if after_warmup else None},
-        "rss_samples": samples, "cpu_count": os.cpu_count(),
+        "proxy_alive_at_end": alive, "max_entries": MAX_ENTRIES, "sample_seconds": SAMPLE_SECONDS,
+        "rss_mb": memory(samples, warmup), "rss_samples": samples, "cpu_count": os.cpu_count(),
     })
     print(json.dumps({k: v for k, v in result.items() if k != "rss_samples"}, indent=2))
     _load_as_described(result).raise_if_failed()
@@ -218,7 +262,15 @@ def _load_as_described(result: dict[str, Any]) -> Checks:
 
 
 def _findings(result: dict[str, Any]) -> Checks:
-    checks = Checks()
+    checks, rss = Checks(), result["rss_mb"]
+    if result["seconds_measured"] >= FLAT_WINDOW_SECONDS and checks.expect(rss.get("baseline_at_s") is not None,
+                     f"the cache never held {MAX_ENTRIES} entries after the warm-up: no memory baseline"):
+        checks.expect(rss["growth_pct"] <= MAX_GROWTH_PCT,
+                      f"RSS grew {rss['growth_pct']} % over its baseline (target <= {MAX_GROWTH_PCT} %)")
+        checks.expect(rss["flat_window_s"] >= FLAT_WINDOW_SECONDS - 2 * SAMPLE_SECONDS,
+                      f"only {rss['flat_window_s']} s after the baseline: the flat window needs 15 minutes")
+        checks.expect(rss["slope_mb_per_min_flat_window"] <= MAX_SLOPE_MB_PER_MIN,
+                      f"RSS still rises {rss['slope_mb_per_min_flat_window']} MB/min over the last 15 minutes")
     checks.expect(result["semproxy_5xx"] == 0, f"{result['semproxy_5xx']} answers were 5xx")
     checks.expect(not result["client_errors"], f"client-side errors: {result['client_errors']}")
     checks.expect(result["proxy_alive_at_end"], "the proxy died during the soak")
