@@ -2,8 +2,9 @@
 
 Each results file records the commit it was measured at (under "provenance", see bench/common.py). A file
 is stale when it records no commit, when it was measured with uncommitted changes in semproxy/ or bench/,
-or when semproxy/ or the script that wrote it differs between that commit and HEAD. Prints one line per
-file; exit status 1 if any is stale (regenerate it at the commit that documents it).
+or when semproxy/, the script that wrote it or a server the script runs (USES) differs between that commit
+and HEAD. Prints one line per file; exit status 1 if any is stale (regenerate it at the commit that documents
+it).
 
     .venv/bin/python bench/stale.py
 """
@@ -22,7 +23,10 @@ from bench.common import git, run_main  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 # Results files whose name is not their script's (older files record no script of their own).
-WRITTEN_BY = {"faiss_scale_quick.json": "bench/faiss_scale.py"}
+WRITTEN_BY = {"faiss_scale_quick.json": "bench/faiss_scale.py",
+              "hostile_upstream.json": "bench/hostile_upstream_bench.py"}
+# Files besides semproxy/ whose change makes a script's results stale (the servers it measures against).
+USES = {"bench/hostile_upstream_bench.py": ("bench/hostile_upstream.py",)}
 
 
 def script_of(path: Path, record: dict[str, Any]) -> str:
@@ -44,7 +48,7 @@ def staleness(path: Path) -> tuple[bool, str]:
         return True, f"{at}, which this repository does not have"
     if origin.get("dirty"):
         return True, f"{at} with uncommitted changes in semproxy/ or bench/"
-    changed = git("diff", "--name-only", commit, "HEAD", "--", "semproxy", script).splitlines()
+    changed = git("diff", "--name-only", commit, "HEAD", "--", "semproxy", script, *USES.get(script, ())).splitlines()
     if changed:
         shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
         return True, f"{at}; {shown} changed since"

@@ -379,7 +379,14 @@ def _service(proxy: UpstreamProxy, settings: Settings, cache: SemanticCache,
                           error_type="invalid_request_error", code="not_found")
         return Response(body, status_code=404, media_type="application/json")
 
-    service = Starlette(routes=[Route("/healthz", healthz)], lifespan=lifespan, exception_handlers={404: not_found})
+    async def not_allowed(request: Request, _: Exception) -> Response:
+        # Starlette's own 405 is plain text; OpenAI's clients read errors in OpenAI's shape.
+        body = error_body(f"{request.method} is not allowed on {request.url.path}; use GET.",
+                          error_type="invalid_request_error", code="method_not_allowed")
+        return Response(body, status_code=405, media_type="application/json", headers={"allow": "GET, HEAD"})
+
+    service = Starlette(routes=[Route("/healthz", healthz)], lifespan=lifespan,
+                        exception_handlers={404: not_found, 405: not_allowed})
 
     async def route(scope: Scope, receive: Receive, send: Send) -> None:
         # The API goes straight to the proxy: Starlette's router and error middlewares cost more per request

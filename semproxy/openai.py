@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -58,10 +60,29 @@ def loads(raw: bytes | str) -> Any:
         raise BadJSON(str(exc)) from exc
 
 
+# Only an escape can put a UTF-16 surrogate into parsed JSON (UTF-8 cannot encode one), and the parser joins a
+# pair such as "\ud83d\ude00" into one character: a surrogate left in a string is half of a pair.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def loads_request(raw: bytes) -> Any:
+    """`loads` for a request body, whose strings go on to embedders, databases and UTF-8 encoders: half of a
+    surrogate pair ("\\ud800") is valid JSON but not text, and every one of them fails on it, so it is BadJSON."""
+    value = loads(raw)
+    if _SURROGATE_ESCAPE.search(raw) is not None:
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError as exc:
+            raise BadJSON("a string holds half of a UTF-16 surrogate pair, which is not text") from exc
+        except RecursionError as exc:
+            raise BadJSON("the JSON is nested too deeply") from exc
+    return value
+
+
 def parse_body(kind: Kind, raw: bytes) -> JSON:
     """Decode and type-check a request body; raise RequestError (400) with OpenAI's wording if it is wrong."""
     try:
-        body = loads(raw)
+        body = loads_request(raw)
     except BadJSON as exc:
         raise RequestError(f"We could not parse the JSON body of your request: {exc}.", code="invalid_json") from exc
     if not isinstance(body, dict):
@@ -173,26 +194,78 @@ def wants_usage_chunk(body: JSON) -> bool:
 # ---------------------------------------------------------------- server-sent events
 
 
-class SSEParser:
-    """Incremental parser: feed bytes as they arrive, get the `data` payload of each complete event."""
+MAX_EVENT = 4 * 1024 * 1024  # bytes of one event's data the parser keeps (a whole answer in one event fits)
+OVERSIZED = "\x00oversized event"  # what SSEParser yields in place of a larger event: the stream is not storable
 
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._data: list[bytes] = []
+
+class SSEParser:
+    """Incremental parser: feed bytes as they arrive, get the `data` payload of each complete event.
+
+    Linear in the bytes fed (only the new chunk is split into lines) and bounded: an event whose data outgrows
+    `max_event` bytes is dropped as it arrives and OVERSIZED is yielded in its place, so one endless line or
+    one 50 MB delta costs neither quadratic time nor unbounded memory.
+    """
+
+    def __init__(self, *, max_event: int = MAX_EVENT) -> None:
+        self.max_event = max_event
+        self._line: list[bytes] = []  # pieces of the line not yet ended
+        self._line_size = 0
+        self._skipping = False  # the line not yet ended was too long: its pieces are dropped
+        self._data: list[bytes] = []  # data lines of the event not yet ended
+        self._size = 0
+        self._oversized = False  # the event not yet ended outgrew max_event
+        self._cr = False  # the last chunk ended with \r: a \n opening the next one ends no line
 
     def feed(self, chunk: bytes) -> list[str]:
         """Return the data of every event completed by this chunk."""
-        self._buffer += chunk
+        if not chunk:
+            return []
+        if self._cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        self._cr = chunk.endswith(b"\r")
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *ended, rest = chunk.split(b"\n")
         events: list[str] = []
-        *lines, self._buffer = self._buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        for line in lines:
-            if not line:
-                if self._data:
-                    events.append(b"\n".join(self._data).decode("utf-8", errors="replace"))
-                    self._data = []
-            elif line.startswith(b"data:"):
-                self._data.append(line[5:].removeprefix(b" "))
+        for number, line in enumerate(ended):
+            self._take(self._completed(line) if number == 0 else line, events)
+        self._hold(rest)
         return events
+
+    def _completed(self, tail: bytes) -> bytes | None:
+        """The line `tail` ends: the pieces held before it, joined once; None if it was too long to keep."""
+        if self._skipping:
+            self._skipping = False
+            return None
+        if not self._line:
+            return tail
+        line = b"".join([*self._line, tail])
+        self._line, self._line_size = [], 0
+        return line
+
+    def _hold(self, rest: bytes) -> None:
+        if self._skipping or not rest:
+            return
+        self._line.append(rest)
+        self._line_size += len(rest)
+        if self._size + self._line_size > self.max_event:
+            self._line, self._line_size, self._skipping = [], 0, True
+            self._data, self._oversized = [], True
+
+    def _take(self, line: bytes | None, events: list[str]) -> None:
+        if line == b"":  # a blank line ends the event
+            if self._oversized:
+                events.append(OVERSIZED)
+            elif self._data:
+                events.append(b"\n".join(self._data).decode("utf-8", errors="replace"))
+            self._data, self._size, self._oversized = [], 0, False
+        elif line is not None and not self._oversized and line.startswith(b"data:"):
+            data = line[5:].removeprefix(b" ")
+            self._size += len(data) + 1
+            if self._size > self.max_event:
+                self._data, self._oversized = [], True
+            else:
+                self._data.append(data)
 
 
 def sse_event(payload: JSON | str) -> bytes:
@@ -206,44 +279,61 @@ def sse_event(payload: JSON | str) -> bytes:
 
 MAX_CHOICES = 128  # OpenAI's own limit on `n`
 MAX_TOOL_CALLS = 128  # tool calls in one message; a stream naming index 10**9 is hostile, not large
+# Bytes of Python objects an assembly may hold: twice a 128k-token answer (about 60 bytes a delta). A stream
+# past it is relayed but not stored, and what was assembled is dropped (an endless stream must not grow).
+MAX_ASSEMBLED = 16 * 1024 * 1024
 
 
 class StreamAssembler:
     """Rebuilds the non-stream completion from a chat or text-completion SSE stream.
 
-    Bounded by construction: choice and tool-call indexes beyond the limits above, or of the wrong type, mark the
-    stream failed (it is relayed, never stored), and text arrives as pieces joined once at the end, so a stream
-    of many small deltas costs linear time, not quadratic.
+    Bounded by construction: choice and tool-call indexes beyond the limits above, or of the wrong type, an
+    OVERSIZED event, or more than `max_held` bytes held mark the stream failed (it is relayed, never
+    stored) and drop what it held. Text arrives as pieces joined once at the end and logprobs are extended in
+    place, so a stream of many small deltas costs linear time, not quadratic.
     """
 
-    def __init__(self, kind: Kind) -> None:
+    def __init__(self, kind: Kind, *, max_held: int = MAX_ASSEMBLED) -> None:
         self.kind = kind
+        self.max_held = max_held
         self.done = False
         self.failed = False
         self._head: JSON = {}
         self._choices: dict[int, JSON] = {}
         self._pieces: dict[tuple[int, ...], list[str]] = {}  # (choice, field[, call, name|arguments]) -> text
         self._usage: Any = None
+        self._held = 0  # bytes of the pieces and logprobs kept so far
 
     def feed(self, data: str) -> None:
         """Take one event's data."""
         if data.strip() == "[DONE]":
             self.done = True
             return
+        if self.failed:  # nothing of a failed stream is kept: its other events need no parsing
+            return
         try:
             chunk = loads(data)
-        except BadJSON:
-            self.failed = True
+        except BadJSON:  # OVERSIZED included
+            self._fail()
             return
         if not isinstance(chunk, dict) or "error" in chunk:
-            self.failed = True
+            self._fail()
             return
         try:
             self._take_head(chunk)
             for choice in chunk.get("choices") or []:
                 self._take_choice(choice)
-        except (ValueError, TypeError, AttributeError, KeyError):  # a chunk of the wrong shape: not storable
-            self.failed = True
+        except (ValueError, TypeError, AttributeError, KeyError):  # a chunk of the wrong shape, or too much
+            self._fail()
+
+    def _fail(self) -> None:
+        self.failed = True
+        self._choices, self._pieces, self._head, self._usage = {}, {}, {}, None
+
+    def _charge(self, size: int) -> None:
+        self._held += size
+        if self._held > self.max_held:
+            raise ValueError(f"more than {self.max_held} bytes to assemble")
 
     def _take_head(self, chunk: JSON) -> None:
         for field in ("id", "created", "model", "system_fingerprint", "service_tier"):
@@ -260,7 +350,7 @@ class StreamAssembler:
                               choice.get("delta") or {})
         else:
             self._add((index, _TEXT), choice.get("text"))
-        _merge_logprobs(state, choice.get("logprobs"))
+        self._merge_logprobs(state, choice.get("logprobs"))
         if choice.get("finish_reason") is not None:
             state["finish_reason"] = choice["finish_reason"]
 
@@ -289,7 +379,25 @@ class StreamAssembler:
 
     def _add(self, key: tuple[int, ...], text: Any) -> None:
         if text:
-            self._pieces.setdefault(key, []).append(str(text))
+            piece = str(text)
+            self._charge(sys.getsizeof(piece) + 8)
+            self._pieces.setdefault(key, []).append(piece)
+
+    def _merge_logprobs(self, state: JSON, logprobs: Any) -> None:
+        if not isinstance(logprobs, dict):
+            return
+        merged = state["logprobs"] = state["logprobs"] or {}
+        for field, value in logprobs.items():
+            kept = merged.get(field)
+            if isinstance(value, list):
+                self._charge(_size_of(value))
+                if isinstance(kept, list):
+                    kept.extend(value)  # in place: a new list per chunk made many small chunks quadratic
+                else:
+                    merged[field] = list(value)
+            elif field not in merged:
+                self._charge(_size_of(value))
+                merged[field] = value
 
     def result(self) -> JSON | None:
         """The assembled completion, or None if the stream was broken or incomplete."""
@@ -341,15 +449,18 @@ def _bounded_index(value: Any, limit: int) -> int:
     return value
 
 
-def _merge_logprobs(state: JSON, logprobs: Any) -> None:
-    if not isinstance(logprobs, dict):
-        return
-    merged = state["logprobs"] = state["logprobs"] or {}
-    for field, value in logprobs.items():
-        if isinstance(value, list):
-            merged[field] = (merged.get(field) or []) + value
-        else:
-            merged.setdefault(field, value)
+def _size_of(value: Any) -> int:
+    """Bytes a parsed JSON value holds: its containers, their keys and the scalars in them."""
+    size, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        size += sys.getsizeof(item)
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return size
 
 
 # ---------------------------------------------------------------- replay: one completion -> stream

@@ -15,7 +15,13 @@ from typing import Any
 
 import httpx
 import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
 
+from semproxy.compress.compressor import SpanSafeCompressor
+from semproxy.compress.service import CompressionPolicy, CompressionService, ResultStore
 from semproxy.storage.records import Vector
 
 # ---------------------------------------------------------------- embedders
@@ -273,6 +279,67 @@ def _embeddings(body: dict[str, Any]) -> bytes:
                        "usage": {"prompt_tokens": 3, "total_tokens": 3}}).encode()
 
 
+# ---------------------------------------------------------------- an upstream that says yes to anything
+
+UPSTREAM_MARK = "x-fake-upstream"  # on every answer of the two below, so a test can tell them from semproxy's
+_ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def ok_answer(path: str, body: bytes) -> tuple[str, bytes]:
+    """(content type, body) of a well-behaved OpenAI upstream's 200 to any request: an embedding list, a
+    completion, or its stream when the body asks for one."""
+    try:
+        request = json.loads(body)
+    except (ValueError, RecursionError):
+        request = {}
+    if path.endswith("/embeddings"):
+        return "application/json", b'{"object": "list", "data": [{"index": 0, "embedding": [0.1, 0.2]}]}'
+    completion = {"id": "x", "object": "chat.completion", "created": 1, "model": "m",
+                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "fine"},
+                               "text": "fine", "finish_reason": "stop"}]}
+    if isinstance(request, dict) and request.get("stream") is True:
+        chunk = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                 "choices": [{"index": 0, "delta": {"content": "fine"}, "text": "fine", "finish_reason": "stop"}]}
+        return "text/event-stream", f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+    return "application/json", json.dumps(completion).encode()
+
+
+def ok_transport() -> httpx.MockTransport:
+    """An upstream that answers anything semproxy forwards with a 200 (as a stream, like a real one)."""
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        content_type, content = ok_answer(request.url.path, await request.aread())
+        return httpx.Response(200, headers={"content-type": content_type, UPSTREAM_MARK: "yes"},
+                              content=_once(content))
+
+    return httpx.MockTransport(handler)
+
+
+def ok_app() -> Callable[..., Any]:
+    """The same upstream as a Starlette app, for middleware mode. Paths its router cannot match (a newline
+    decoded from %0A) get Starlette's own 404, marked as the app's like every other answer."""
+
+    async def answer(request: Request) -> Response:
+        try:
+            body = await request.body()
+        except ClientDisconnect:  # nobody is left to answer
+            body = b""
+        content_type, content = ok_answer(request.url.path, body)
+        return Response(content, media_type=content_type)
+
+    app = Starlette(routes=[Route("/{path:path}", answer, methods=_ANY_METHOD)])
+
+    async def marked(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        async def send_marked(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (UPSTREAM_MARK.encode(), b"yes")]}
+            await send(message)
+
+        await app(scope, receive, send_marked)
+
+    return marked
+
+
 # ---------------------------------------------------------------- compression
 
 
@@ -292,6 +359,13 @@ class FailingScorer:
 
     def score(self, text: str, units: Sequence[Any], *, rate: float) -> list[float]:
         raise RuntimeError("compressor exploded")
+
+
+def fake_compression(results: ResultStore) -> CompressionService:
+    """Compression by the FakeScorer of every system prompt of five tokens or more, before it is forwarded."""
+    return CompressionService(
+        load_compressor=lambda: SpanSafeCompressor(FakeScorer(), keep_markers=("<keep>", "</keep>")),
+        results=results, policy=CompressionPolicy(rate=0.5, min_tokens=5, wait=True))
 
 
 def tiny_llmlingua2_model(tmp_path: Path) -> Path:

@@ -11,22 +11,19 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from semproxy.app import build_app, build_cache
-from semproxy.compress.compressor import SpanSafeCompressor
-from semproxy.compress.service import CompressionPolicy, CompressionService
 from semproxy.config import Settings
 from semproxy.storage.sqlite import SqliteStorage
-from tests.fakes import FakeScorer, HashingEmbedder
+from tests.fakes import HashingEmbedder, fake_compression, ok_transport
 
 EXAMPLES = int(os.environ.get("SEMPROXY_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
@@ -36,45 +33,14 @@ ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 MAX_BODY = 64 * 1024
 
 
-async def _upstream(request: httpx.Request) -> httpx.Response:
-    """A well-behaved upstream that answers anything semproxy forwards (as a stream, like a real one)."""
-    status, content_type, content = _answer(request)
-
-    async def chunks() -> AsyncIterator[bytes]:
-        yield content
-
-    return httpx.Response(status, headers={"content-type": content_type}, content=chunks())
-
-
-def _answer(request: httpx.Request) -> tuple[int, str, bytes]:
-    try:
-        body = json.loads(request.content)
-    except ValueError:
-        body = {}
-    path = request.url.path
-    if path.endswith("/embeddings"):
-        return 200, "application/json", b'{"object": "list", "data": [{"index": 0, "embedding": [0.1, 0.2]}]}'
-    completion = {"id": "x", "object": "chat.completion", "created": 1, "model": "m",
-                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "fine"},
-                               "text": "fine", "finish_reason": "stop"}]}
-    if isinstance(body, dict) and body.get("stream") is True:
-        chunk = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m",
-                 "choices": [{"index": 0, "delta": {"content": "fine"}, "text": "fine", "finish_reason": "stop"}]}
-        events = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
-        return 200, "text/event-stream", events
-    return 200, "application/json", json.dumps(completion).encode()
-
-
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory, offline_encodings: Path) -> Iterator[TestClient]:
     tmp = tmp_path_factory.mktemp("hostile")
     base = Settings(data_dir=tmp / "data", upstream="http://upstream.test/v1", similarity_threshold=0.8,
                     verify_hits=False, max_body_bytes=MAX_BODY)
-    compression = CompressionService(
-        load_compressor=lambda: SpanSafeCompressor(FakeScorer(), keep_markers=("<keep>", "</keep>")),
-        results=SqliteStorage(tmp), policy=CompressionPolicy(rate=0.5, min_tokens=5, wait=True))
+    compression = fake_compression(SqliteStorage(tmp))
     cache = build_cache(base, load_embedder=HashingEmbedder)
-    app = build_app(dataclasses.replace(base, compression_enabled=True), transport=httpx.MockTransport(_upstream),
+    app = build_app(dataclasses.replace(base, compression_enabled=True), transport=ok_transport(),
                     cache=cache, compression=compression)
     with TestClient(app, raise_server_exceptions=True) as test_client:
         deadline = time.monotonic() + 30
@@ -85,19 +51,25 @@ def client(tmp_path_factory: pytest.TempPathFactory, offline_encodings: Path) ->
         yield test_client
 
 
-def _entries(client: TestClient) -> int:
-    with sqlite3.connect(client.db_path) as db:  # type: ignore[attr-defined]
+def cache_entries(db_path: Path) -> int:
+    """How many entries the cache holds."""
+    with sqlite3.connect(db_path) as db:
         return int(db.execute("SELECT count(*) FROM entries").fetchone()[0])
 
 
+def assert_openai_error(body: bytes) -> None:
+    """`body` is an error in OpenAI's shape."""
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"} and isinstance(error["message"], str), error
+
+
 def _check(client: TestClient, path: str, content: bytes, headers: dict[str, Any] | None = None) -> None:
-    before = _entries(client)
+    before = cache_entries(client.db_path)  # type: ignore[attr-defined]
     response = client.post(path, content=content, headers={"content-type": "application/json", **(headers or {})})
     assert response.status_code < 500, (response.status_code, response.text[:500])
     if response.status_code >= 400:
-        error = response.json()["error"]
-        assert set(error) == {"message", "type", "param", "code"} and isinstance(error["message"], str)
-        assert _entries(client) == before, "a refused request stored an entry"
+        assert_openai_error(response.content)
+        assert cache_entries(client.db_path) == before, "a refused request stored an entry"  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------- strategies

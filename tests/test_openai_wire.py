@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from semproxy.openai import SSEParser, StreamAssembler, prompt_text, replay_stream
+from semproxy.openai import OVERSIZED, SSEParser, StreamAssembler, prompt_text, replay_stream
 
 
 def _events(stream: bytes, *, split: int) -> list[str]:
@@ -148,3 +148,56 @@ def test_many_small_deltas_assemble_into_one_text() -> None:
     assert message["content"] == "ab" * 10_000
     assert message["tool_calls"] == [{"id": "call_1", "type": "function",
                                       "function": {"name": "", "arguments": "x" * 20_000}}]
+
+
+def test_sse_parser_joins_a_crlf_split_across_chunks_once() -> None:
+    parser = SSEParser()
+    assert parser.feed(b"data: a\r") == []
+    assert parser.feed(b"\ndata: b\r") == []  # the \n completes "\r\n": no blank line, no event yet
+    assert parser.feed(b"\n\r\n") == ["a\nb"]
+
+
+@pytest.mark.parametrize("split", [1, 5, 4096])
+def test_an_oversized_event_is_dropped_as_it_arrives(split: int) -> None:
+    """A 50 MB delta or a line that never ends once made the parser hold (and re-split) everything it had."""
+    parser = SSEParser(max_event=100)
+    stream = b"data: small\n\n" + b"data: " + b"x" * 1000 + b"\n\n" + b"data: [DONE]\n\n"
+    events = []
+    for i in range(0, len(stream), split):
+        events += parser.feed(stream[i:i + split])
+        assert parser._line_size + parser._size <= 100 + split
+    assert events == ["small", OVERSIZED, "[DONE]"]
+    endless = SSEParser(max_event=100)
+    for _ in range(1000):
+        assert endless.feed(b"x" * 1000) == []
+    assert endless._line_size <= 100 and not endless._data
+
+
+def test_an_oversized_event_fails_the_assembly() -> None:
+    assembler = StreamAssembler("chat")
+    assembler.feed(_chat_chunk({"content": "ok"}))
+    assembler.feed(OVERSIZED)
+    assembler.feed(_chat_chunk({}, finish="stop"))
+    assembler.feed("[DONE]")
+    assert assembler.done and assembler.failed and assembler.result() is None
+
+
+def test_logprobs_are_merged_in_order() -> None:
+    assembler = StreamAssembler("chat")
+    for token in ("a", "b", "c"):
+        assembler.feed(json.dumps({"choices": [{"index": 0, "delta": {"content": token},
+                                                "logprobs": {"content": [{"token": token, "logprob": -1.0}]}}]}))
+    assembler.feed(_chat_chunk({}, finish="stop"))
+    result = assembler.result()
+    assert result is not None
+    assert [t["token"] for t in result["choices"][0]["logprobs"]["content"]] == ["a", "b", "c"]
+
+
+def test_an_assembly_past_its_budget_fails_and_lets_go() -> None:
+    """An endless stream is relayed for as long as the client reads it; its assembly must not grow with it."""
+    assembler = StreamAssembler("chat", max_held=10_000)
+    for _ in range(100):
+        assembler.feed(_chat_chunk({"content": "y" * 1000}))
+    assert assembler.failed and not assembler._pieces and assembler._held <= 10_000 + 2_000
+    assembler.feed(_chat_chunk({}, finish="stop"))
+    assert assembler.result() is None

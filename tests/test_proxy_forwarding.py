@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import urllib.parse
+
 import httpx
 import pytest
 
@@ -27,6 +30,28 @@ async def test_other_paths_and_methods_are_forwarded_verbatim(proxy: Proxy, upst
     assert call.headers["x-custom"] == "kept"
     assert "x-semproxy-threshold" not in call.headers
     assert "x-semproxy-cache" not in response.headers
+
+
+@pytest.mark.parametrize("path", [b"/v1/../../admin", b"/v1/files/..%2F..%2Fadmin", b"/v1/%2e%2E/secrets",
+                                  b"/v1/files/./x", b"/v1/files/..%5C..%5Cadmin"])
+async def test_paths_that_climb_out_of_the_upstreams_base_are_refused(proxy: Proxy, upstream: FakeOpenAI,
+                                                                       path: bytes) -> None:
+    # Straight to the ASGI app, as uvicorn passes it: an httpx client would resolve the dots itself.
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": urllib.parse.unquote(path.decode()), "raw_path": path, "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"semproxy.test"), (b"authorization", b"Bearer sk-alice")],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8080)}
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    await proxy.app(scope, receive, send)
+    assert sent[0]["status"] == 400 and json.loads(sent[1]["body"])["error"]["code"] == "invalid_url"  # type: ignore[arg-type]
+    assert upstream.calls == []
 
 
 async def test_models_list_passes_through(proxy: Proxy) -> None:

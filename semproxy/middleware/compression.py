@@ -14,7 +14,7 @@ from typing import Any
 from semproxy.compress.service import CompressionService
 from semproxy.compress.tokens import encoding_name
 from semproxy.errors import HTTPError
-from semproxy.openai import BadJSON, loads
+from semproxy.openai import BadJSON, loads_request
 from semproxy.types import (
     JSON_HEADERS,
     ASGIApp,
@@ -87,7 +87,7 @@ class CompressionMiddleware:
 def _json_object(raw: bytes) -> dict[str, Any] | None:
     """The body if it is a JSON object; anything else goes on untouched (the upstream will judge it)."""
     try:
-        body = loads(raw)
+        body = loads_request(raw)
     except BadJSON:
         return None
     return body if isinstance(body, dict) else None
@@ -98,8 +98,11 @@ def _preambles(kind: str, body: dict[str, Any]) -> list[str]:
     if kind == "responses":
         instructions = body.get("instructions")
         return [instructions] if isinstance(instructions, str) else []
+    messages = body.get("messages")
+    if not isinstance(messages, list):  # the upstream judges a body of the wrong shape (the cache may be off)
+        return []
     texts: list[str] = []
-    for message in body.get("messages") or []:
+    for message in messages:
         if isinstance(message, dict) and message.get("role") in PREAMBLE_ROLES:
             content = message.get("content")
             if isinstance(content, str):

@@ -39,8 +39,10 @@ def _ttl(raw: str | None) -> int | None:
     if raw is None:
         return None
     raw = raw.strip()
-    # ASCII digits only ("²".isdigit() is true, int("²") fails), and at most about 300 years.
-    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= MAX_TTL_SECONDS:
+    # ASCII digits only ("²".isdigit() is true, int("²") fails), and at most about 300 years. A longer value is
+    # refused before int() sees it: int() raises ValueError past 4,300 digits.
+    digits = raw.isascii() and raw.isdigit() and len(raw) <= len(str(MAX_TTL_SECONDS))
+    if not digits or not 0 < int(raw) <= MAX_TTL_SECONDS:
         raise RequestError(f"X-Semproxy-TTL must be a whole number of seconds from 1 to {MAX_TTL_SECONDS}.",
                            code="invalid_header", param="X-Semproxy-TTL")
     return int(raw)

@@ -17,7 +17,7 @@ import time
 
 import httpx
 
-from semproxy.errors import HTTPError, ModelNotFound, NoUpstreamAvailable, UpstreamError
+from semproxy.errors import HTTPError, ModelNotFound, NoUpstreamAvailable, RequestError, UpstreamError
 from semproxy.types import JSON_HEADERS, Attempt, RawHeaders, Receive, RequestFacts, Send, send_response
 from semproxy.upstream.relay import map_httpx_error, relay, response_headers, until_disconnect
 from semproxy.upstream.requests import RequestFactory
@@ -80,7 +80,12 @@ class Failover:
 
     async def _attempt(self, upstream: Upstream, send: Send, receive: Receive | None) -> bool:
         """One try; True if its answer went to the client (the request is done)."""
-        request = self.make_request(upstream)
+        try:
+            request = self.make_request(upstream)
+        except RequestError as exc:  # the client's request, not this upstream, is at fault: no other would do
+            upstream.breaker.release()
+            await self._answer_error(send, exc)
+            return True
         self.router.chosen(upstream)
         began = time.perf_counter()
         settled = False

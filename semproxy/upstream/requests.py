@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
-from semproxy.openai import BadJSON, loads
+from semproxy.errors import RequestError
+from semproxy.openai import BadJSON, loads_request
 from semproxy.types import RawHeaders, Scope
 from semproxy.upstream.relay import HOP_BY_HOP
 from semproxy.upstream.routing import Upstream
@@ -62,7 +64,7 @@ class RequestFactory:
         self.model = model if isinstance(model, str) else None
 
     def __call__(self, upstream: Upstream) -> httpx.Request:
-        """The request as `upstream` gets it."""
+        """The request as `upstream` gets it; RequestError if no upstream could be sent its URL."""
         content = self.body
         if self.parsed is not None and self.model is not None:
             target = upstream.config.upstream_model(self.model)
@@ -71,8 +73,21 @@ class RequestFactory:
         # The client's content-length holds for its own bytes (and spares httpx a header insert); a new body
         # gets its length from httpx.
         headers = upstream_headers(self.scope["headers"], upstream, keep_length=content is self.body)
-        return httpx.Request(self.method, upstream.base_url + self.path + self.query, headers=headers,
-                             content=content, extensions={"timeout": upstream.timeout})
+        if _climbs(self.path):
+            raise RequestError("The request's path may not contain '.' or '..' segments.", code="invalid_url")
+        try:
+            url = httpx.URL(upstream.base_url + self.path + self.query)
+        except httpx.InvalidURL as exc:  # longer than httpx sends (65,536 characters), or control characters
+            raise RequestError(f"The request's URL cannot be forwarded: {exc}", code="invalid_url") from exc
+        return httpx.Request(self.method, url, headers=headers, content=content,
+                             extensions={"timeout": upstream.timeout})
+
+
+def _climbs(path: str) -> bool:
+    """Whether a path has dot segments: URL normalisation (httpx's included) would resolve them, so
+    `/v1/../../admin` would leave the upstream's base path and reach any path on its host, with the operator's
+    key attached. Encoded dots and slashes count too: some servers decode them before they resolve the path."""
+    return any(segment in (".", "..") for segment in urllib.parse.unquote(path).replace("\\", "/").split("/"))
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
@@ -80,7 +95,7 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
     if _OBJECT_START.match(body) is None:
         return None
     try:
-        parsed = loads(body)
+        parsed = loads_request(body)  # an alias re-serializes it as UTF-8: a body that is not text has no model
     except BadJSON:
         return None
     return parsed if isinstance(parsed, dict) else None
