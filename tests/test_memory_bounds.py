@@ -13,6 +13,7 @@ import pytest
 
 from semproxy.config import Settings
 from semproxy.middleware.cache import CacheMiddleware
+from semproxy.middleware.capture import parse_cost
 from semproxy.middleware.stats import StatsMiddleware
 from tests.conftest import layer
 
@@ -83,3 +84,25 @@ async def test_log_bodies_past_the_budget_leave_a_row_without_token_counts(make_
     metrics = (await proxy.client.get("/metrics")).text
     assert "semproxy_log_records_without_bodies 1.0" in metrics
     assert 'semproxy_held_bytes{purpose="log"} 0.0' in metrics
+
+
+async def test_an_answer_whose_parsing_would_not_fit_is_relayed_unparsed(make_proxy, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    """1.5 MB of 40,000 tiny choices would take about 25 MB as Python objects; 1.5 MB of one string, little."""
+    tiny = [{"index": i, "text": "", "finish_reason": "stop"} for i in range(40_000)]
+    many = json.dumps({"id": "c", "object": "text_completion", "created": 1, "model": "m", "choices": tiny}).encode()
+    one = _answer("y" * 1_500_000)
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        prompt = json.loads(await request.aread())["messages"][-1]["content"]
+        return httpx.Response(200, content=_chunks(many if prompt == "many" else one),
+                              headers={"content-type": "application/json"})
+
+    budget = 8 * 1024 * 1024
+    proxy = await make_proxy(settings=dataclasses.replace(settings, max_held_bytes=budget, semantic_enabled=False),
+                             transport=httpx.MockTransport(handle))
+    assert parse_cost(many) > budget > parse_cost(one) + len(one)
+    for prompt, outcomes in (("many", ["miss", "miss"]), ("one", ["miss", "exact"])):
+        seen = [(await proxy.chat(prompt)) for _ in outcomes]
+        assert [r.headers["x-semproxy-cache"] for r in seen] == outcomes
+        assert all(r.status_code == 200 and len(r.content) > 1_000_000 for r in seen)  # relayed whole either way
+    assert layer(proxy.app, CacheMiddleware).held.held == 0

@@ -15,6 +15,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import anyio.to_thread
+
 from semproxy.errors import UpstreamError
 from semproxy.openai import BadJSON, Kind, SSEParser, StreamAssembler, is_complete_response, loads
 from semproxy.types import JSON_HEADERS, ByteBudget, Message, RawHeaders, Send
@@ -22,8 +24,20 @@ from semproxy.types import JSON_HEADERS, ByteBudget, Message, RawHeaders, Send
 log = logging.getLogger("semproxy.cache")
 
 Store = Callable[[bytes], Awaitable[object]]
-# A held (non-stream) answer larger than this is relayed as it comes, unchecked and unstored.
+# A held (non-stream) answer larger than this is relayed as it comes, unchecked and unstored. (A batch of 1,000
+# float embeddings, as LangChain sends them, is about 31 MB.)
 HOLD_LIMIT = 64 * 1024 * 1024
+# Parsing makes an object of every JSON value, and the objects weigh more than their text: about 230 bytes for
+# an object, 64 for an array, 32 for a number or a string (62 MB of tiny choices once took 640 MB). The cost,
+# bounded from above at C speed, is taken from the same budget as the bytes; an answer it does not fit is
+# relayed unchecked and unstored.
+_PARSE_COST = ((b"{", 232), (b"[", 64), (b",", 32))
+OFF_LOOP_BYTES = 1024 * 1024  # larger answers are parsed on a worker thread: the event loop keeps serving
+
+
+def parse_cost(body: bytes | bytearray) -> int:
+    """An upper bound of the memory parsing `body` as JSON takes, in bytes."""
+    return sum(body.count(mark) * size for mark, size in _PARSE_COST)
 
 
 class InvalidAnswer(UpstreamError):
@@ -140,6 +154,11 @@ class ResponseCapture:
         await self._send(start)
         await self._relay({"type": "http.response.body", "body": held, "more_body": message.get("more_body", False)})
 
+    def _give(self, size: int) -> None:
+        if size and self._budget is not None:
+            self._budget.give(size)
+            self._taken -= size
+
     def close(self) -> None:
         """Give back the bytes this answer held against the budget (idempotent)."""
         if self._taken and self._budget is not None:
@@ -148,8 +167,16 @@ class ResponseCapture:
 
     async def _release(self) -> None:
         assert self._held is not None
+        large = len(self._body) > OFF_LOOP_BYTES
+        cost = parse_cost(self._body) if large else 0
+        if cost and not self._take(cost):
+            await self._pass_on({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         start, self._held = self._held, None
-        response = self._parsed()
+        try:
+            response = await anyio.to_thread.run_sync(self._parsed) if large else self._parsed()
+        finally:
+            self._give(cost)
         if response is None:
             await self._refuse(start, "The upstream answered 2xx with something that is not a whole "
                                       f"{'embedding list' if self._kind == 'embedding' else 'completion'}.")
@@ -164,11 +191,12 @@ class ResponseCapture:
 
     def _parsed(self) -> bytes | None:
         """The upstream's own bytes, once they proved to be a complete answer."""
+        raw = bytes(self._body)
         try:
-            response = loads(bytes(self._body))
+            response = loads(raw)
         except BadJSON:
             return None
-        return bytes(self._body) if is_complete_response(self._kind, response) else None
+        return raw if is_complete_response(self._kind, response) else None
 
     async def _refuse(self, start: Message, reason: str) -> None:
         log.warning("answering 502: %s (%d bytes received)", reason, len(self._body))

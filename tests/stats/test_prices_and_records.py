@@ -11,7 +11,7 @@ import pytest
 
 from semproxy.compress.tokens import count_tokens
 from semproxy.stats.prices import Price, PriceTable
-from semproxy.stats.record import Observed, RequestRecord, finish
+from semproxy.stats.record import COUNT_LIMIT, Observed, RequestRecord, finish
 from semproxy.types import Attempt, RequestFacts
 
 pytestmark = pytest.mark.usefixtures("offline_encodings")
@@ -103,6 +103,23 @@ def test_streams_read_the_usage_chunk_or_count_the_text() -> None:
     assert (with_usage.prompt_tokens, with_usage.completion_tokens, with_usage.stream) == (11, 4, True)
     counted = _finish(_observed(CHAT, _sse(list(_stream_events("Paris is it.", None))), stream=True))
     assert counted.completion_tokens == count_tokens("Paris is it.", "gpt-4o-mini")
+
+
+def test_a_very_long_answer_is_counted_from_its_start_and_scaled() -> None:
+    """tiktoken holds tens of bytes a character while it counts: 8 MB of text must not take 400 MB."""
+    seen: list[int] = []
+
+    def counting(text: str, model: str) -> int:
+        seen.append(len(text))
+        return count_tokens(text, model)
+
+    text = "Paris is the capital of France. " * 100_000  # 3.2 M characters, no usage
+    answer = json.dumps(_completion(text, None)).encode()
+    record = finish(_observed(CHAT, answer), prices=PriceTable(), count=counting, hash_key=b"k" * 32,
+                    prompt_chars=0)
+    assert max(seen) == COUNT_LIMIT
+    exact = count_tokens(text, "gpt-4o-mini")
+    assert abs(record.completion_tokens - exact) / exact < 0.01
 
 
 def test_prompts_are_logged_as_keyed_hashes_and_text_only_when_configured() -> None:
