@@ -87,6 +87,11 @@ class FaissIndex:
                 del self._scopes[scope]
                 self._trained_size.pop(scope, None)
 
+    def ids(self) -> dict[str, Ids]:
+        """Every scope's ids (to find those whose entries another process deleted)."""
+        with self._lock:
+            return {scope: self._ids(index) for scope, index in self._scopes.items()}
+
     def clear(self) -> None:
         """Drop every scope."""
         with self._lock:
@@ -148,6 +153,16 @@ class FaissIndex:
         ids = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
         vectors = np.vstack([p[1] for p in parts]) if parts else np.empty((0, self.dimension), np.float32)
         return ids, vectors
+
+    def _ids(self, index: Any) -> Ids:
+        faiss = self._faiss
+        if isinstance(index, faiss.IndexIDMap2):
+            ids: Ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+            return ids
+        lists = index.invlists
+        parts = [faiss.rev_swig_ptr(lists.get_ids(n), lists.list_size(n)).copy()
+                 for n in range(index.nlist) if lists.list_size(n)]
+        return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
 
     def _inverted_list(self, ivf: Any, number: int) -> tuple[Ids, Vector]:
         faiss, lists = self._faiss, ivf.invlists

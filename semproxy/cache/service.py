@@ -315,16 +315,18 @@ class SemanticCache:
     # ---------------------------------------------------------------- writes
 
     async def put(self, key: CacheKey, response: bytes, *, embedding: Embedding | None,
-                  ttl_seconds: int | None) -> bool:
-        """Store an upstream answer durably; True once it is committed. Never raises."""
+                  ttl_seconds: int | None, asked_at: float | None = None) -> bool:
+        """Store an upstream answer durably; True once it is committed (or dropped because its tenant was
+        erased after `asked_at`, when the request arrived). Never raises."""
         if self._store is None:
             return False
         ttl = self.policy.ttl_seconds if ttl_seconds is None else ttl_seconds
         if embedding is not None and self.semantic_ready:
             entry = NewEntry(key=key, response=response, vector=embedding.vector, ttl_seconds=ttl,
-                             space=embedding.space)
+                             space=embedding.space, asked_at=asked_at)
         else:
-            entry = NewEntry(key=key, response=response, vector=None, ttl_seconds=ttl, space=self._no_space(key))
+            entry = NewEntry(key=key, response=response, vector=None, ttl_seconds=ttl, space=self._no_space(key),
+                             asked_at=asked_at)
         try:
             await self._write(self._put, entry)
         except Exception:
@@ -338,7 +340,10 @@ class SemanticCache:
 
     def _put(self, entry: NewEntry) -> None:
         assert self._store is not None
-        self._count += 1 - self._store.put(entry, now=self._clock())
+        replaced = self._store.put(entry, now=self._clock())
+        if replaced is None:  # the tenant was erased while the request was upstream
+            return
+        self._count += 1 - replaced
         if self._count > self.policy.max_entries:
             self._sweep()
 

@@ -39,8 +39,9 @@ class EntryStore(Protocol):
         similar first."""
         ...
 
-    def put(self, entry: NewEntry, *, now: float) -> int:
-        """Store an entry under its exact key (replacing what the key named); how many it replaced."""
+    def put(self, entry: NewEntry, *, now: float) -> int | None:
+        """Store an entry under its exact key (replacing what the key named); how many it replaced. None:
+        not stored, its tenant was erased after its request began (`asked_at`)."""
         ...
 
     def alias(self, key: str, entry_id: int) -> None:
@@ -96,6 +97,7 @@ class EmbeddedStore:
         self.salt = storage.tenant_salt()
         self._make_index = make_index
         self._index: FaissIndex | None = None
+        self._erasure_seen = storage.last_erasure()  # an index built after it holds none of the tenant's
 
     def get(self, key: str) -> CacheEntry | None:
         return self.storage.get_entry(key)
@@ -113,8 +115,10 @@ class EmbeddedStore:
             self._index.remove(part, gone)
         return [(entries[i], min(s, 1.0)) for i, s in found if i in entries]
 
-    def put(self, entry: NewEntry, *, now: float) -> int:
+    def put(self, entry: NewEntry, *, now: float) -> int | None:
         entry_id, removed = self.storage.put_entry(entry, now=now)
+        if entry_id is None:
+            return None
         self._unindex(removed)
         if entry.vector is not None and entry.space and self._index is not None:
             self._index.add(partition(entry.key.scope, entry.space), [entry_id], entry.vector.reshape(1, -1))
@@ -126,7 +130,22 @@ class EmbeddedStore:
     def sweep(self, *, now: float, keep: int, used: Mapping[int, float]) -> int:
         removed, count = self.storage.sweep(now=now, keep=keep, used=used)
         self._unindex(removed)
+        self._forget_erased()
         return count
+
+    def _forget_erased(self) -> None:
+        """After another process erased a tenant (`semproxy cache clear --tenant`), drop its vectors from this
+        process's index too. A search would never serve them (their rows are gone), but they should not stay
+        in memory until the tenant asks again or the process ends. Runs with the writes, one at a time."""
+        erased = self.storage.last_erasure()
+        if erased is None or erased == self._erasure_seen or self._index is None:
+            return
+        self._erasure_seen = erased
+        live = self.storage.vector_ids()
+        for part, ids in self._index.ids().items():
+            gone = [int(i) for i in ids if int(i) not in live]
+            if gone:
+                self._index.remove(part, gone)
 
     def enable_vectors(self, dimension: int, *, now: float) -> None:
         index = self._make_index(dimension)

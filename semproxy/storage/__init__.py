@@ -56,8 +56,9 @@ class Storage(Protocol):
         """Remove every cache entry, or those of these tenants."""
         ...
 
-    def erase_tenants(self, tenants: Collection[str]) -> tuple[int, int]:
-        """Erase tenants' cache entries and log rows; (entries, log rows)."""
+    def erase_tenants(self, tenants: Collection[str], *, now: float | None = None) -> tuple[int, int]:
+        """Erase tenants' cache entries and log rows, and whatever their requests begun before `now` (default:
+        the time of the call) write later; (entries, log rows)."""
         ...
 
     def tenant_salt(self) -> bytes:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from semproxy.errors import ConfigError
-from semproxy.storage.postgres import PostgresStorage
+from semproxy.storage.postgres import ERASURE_LOCK, PostgresStorage
 from semproxy.storage.postgres_schema import MIGRATION_LOCK
 from semproxy.storage.records import CacheEntry, Candidates, NewEntry, Relocation, Unplaced, Vector
 from semproxy.storage.sql import ENTRY_COLUMNS
@@ -58,13 +58,14 @@ class PostgresEntries:
         found.sort(key=lambda pair: (-pair[1], pair[0].id))
         return [(entry, similarity) for entry, similarity in found if similarity >= min_similarity]
 
-    def put(self, entry: NewEntry, *, now: float) -> int:
+    def put(self, entry: NewEntry, *, now: float) -> int | None:
         with self.storage.transaction() as db:
             # Replicas storing the same key at once take turns, so neither leaves an entry without its key.
             # (Seed 1: not the single-flight lock on the same key, which the storing replica holds.)
             db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 1))", (entry.key.exact,))
-            _, removed = self.queries.put(db, entry, now=now)
-        return len(removed)
+            db.execute("SELECT pg_advisory_xact_lock_shared(%s)", (ERASURE_LOCK,))
+            entry_id, removed = self.queries.put(db, entry, now=now)
+        return None if entry_id is None else len(removed)
 
     def alias(self, key: str, entry_id: int) -> None:
         with self.storage.transaction() as db:

@@ -26,8 +26,14 @@ from semproxy.storage.postgres_schema import migrate
 from semproxy.storage.requests import LogQueries
 from semproxy.storage.sql import Dialect, EntryQueries
 
+# Advisory lock id ("SEMR"): writes of entries and log rows hold it shared, an erasure exclusively. So a write
+# that did not see an erasure's note commits before the erasure deletes (and its rows go with the rest), or
+# waits and sees the note: READ COMMITTED alone would let a write slip between the two.
+ERASURE_LOCK = 0x53454D52
+
 DIALECT = Dialect(
-    entries="semproxy_entries", exact_keys="semproxy_exact_keys", requests="semproxy_requests", vector="embedding",
+    entries="semproxy_entries", exact_keys="semproxy_exact_keys", requests="semproxy_requests",
+    erasures="semproxy_erasures", vector="embedding",
     mark="%s", greatest="greatest", floor="floor({})", to_vector=lambda v: np.asarray(v, dtype=np.float32),
     from_vector=lambda v: np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, dtype=np.float32),
 )
@@ -176,8 +182,9 @@ class PostgresStorage:
             return str(db.execute("SELECT value FROM semproxy_meta WHERE key = %s", (key,)).fetchone()[0])
 
     def append_requests(self, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
-        """Append log rows in one transaction."""
+        """Append log rows in one transaction (those of requests older than their tenant's erasure are dropped)."""
         with self.transaction() as db:
+            db.execute("SELECT pg_advisory_xact_lock_shared(%s)", (ERASURE_LOCK,))
             self.log.insert(db, columns, rows)
 
     def delete_requests_before(self, ts: float) -> int:
@@ -200,11 +207,16 @@ class PostgresStorage:
         with self.transaction() as db:
             return len(self.entries.delete_tenants(db, tenants))
 
-    def erase_tenants(self, tenants: Collection[str]) -> tuple[int, int]:
-        """Erase tenants from the cache and the log in one transaction; (entries, log rows). PostgreSQL
-        reuses the space of deleted rows once VACUUM has run (autovacuum does)."""
+    def erase_tenants(self, tenants: Collection[str], *, now: float | None = None) -> tuple[int, int]:
+        """Erase tenants from the cache and the log in one transaction, for every replica; (entries, log rows).
+        What their requests begun before `now` (in flight, or queued for a replica's log) write later is
+        dropped (see semproxy.storage.sql). PostgreSQL reuses the space of deleted rows once VACUUM has run
+        (autovacuum does)."""
+        at = time.time() if now is None else now
         with self.transaction() as db:
-            return len(self.entries.delete_tenants(db, tenants)), self.log.delete_tenants(db, sorted(tenants))
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (ERASURE_LOCK,))
+            entries = len(self.entries.erase_tenants(db, tenants, now=at))  # notes the erasure for the log too
+            return entries, self.log.delete_tenants(db, sorted(tenants))
 
     def close(self) -> None:
         """Close the pool."""

@@ -56,6 +56,10 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX semproxy_entries_scope;
     CREATE INDEX semproxy_entries_scope ON semproxy_entries (scope, space);
     """,
+    # Tenants erased lately (semproxy.storage.sql.ErasureQueries).
+    """
+    CREATE TABLE semproxy_erasures (tenant text PRIMARY KEY, erased_at double precision NOT NULL);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -39,6 +39,8 @@ class NewEntry:
     ttl_seconds: int  # 0 = never expires
     # The vector's space (semproxy.cache.spaces); "" = none (exact hits only); None = not embedded yet
     space: str | None = None
+    # When its request arrived (wall clock): if its tenant was erased since, the entry is not stored
+    asked_at: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -6,10 +6,10 @@ The report's figures are computed in the database (sums, counts, groups, time bu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
-from semproxy.storage.sql import Connection, Dialect
+from semproxy.storage.sql import Connection, Dialect, ErasureQueries
 from semproxy.types import CACHE_OUTCOMES
 
 GROUP_COLUMNS = frozenset({"model", "tenant", "upstream", "endpoint"})
@@ -32,6 +32,7 @@ class LogQueries:
 
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = d = dialect
+        self.erasures = ErasureQueries(d)
         self._delete_before = d.sql("DELETE FROM {requests} WHERE ts < {p}")
         self._totals = d.sql(f"SELECT {_SUMS} FROM {{requests}} WHERE ts >= {{p}}")
         self._latency = {
@@ -51,8 +52,12 @@ class LogQueries:
             f"avg(CASE WHEN {_HIT} THEN total_ms END), avg(CASE WHEN outcome = 'miss' THEN total_ms END) "
             "FROM {requests} WHERE ts >= {p} GROUP BY b")
 
-    def insert(self, db: Connection, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
-        """Append rows (flags are integer columns in both databases)."""
+    def insert(self, db: Connection, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> int:
+        """Append rows (flags are integer columns in both databases), but none of a request that began before
+        its tenant was erased (it was in flight, or its record queued, then); how many were written."""
+        rows = self._not_erased(db, columns, rows)
+        if not rows:
+            return 0
         sql = self.dialect.sql("INSERT INTO {requests} ({names}) VALUES ({marks})", names=", ".join(columns),
                                marks=self.dialect.marks(len(columns)))
         values = [tuple(int(v) if isinstance(v, bool) else v for v in row) for row in rows]
@@ -61,6 +66,17 @@ class LogQueries:
             cursor.executemany(sql, values)
         finally:
             cursor.close()
+        return len(values)
+
+    def _not_erased(self, db: Connection, columns: Sequence[str],
+                    rows: Sequence[tuple[Any, ...]]) -> Sequence[tuple[Any, ...]]:
+        if "tenant" not in columns or "ts" not in columns:
+            return rows
+        tenant, ts = columns.index("tenant"), columns.index("ts")
+        erased = self.erasures.times(db, {row[tenant] for row in rows if row[tenant] is not None})
+        if not erased:
+            return rows
+        return [row for row in rows if row[tenant] not in erased or row[ts] > erased[row[tenant]]]
 
     def delete_before(self, db: Connection, ts: float) -> int:
         """Apply the retention; how many rows went."""
@@ -73,6 +89,11 @@ class LogQueries:
         sql = self.dialect.sql("DELETE FROM {requests} WHERE tenant IN ({marks})",
                                marks=self.dialect.marks(len(tenants)))
         return int(db.execute(sql, list(tenants)).rowcount)
+
+    def erase_tenants(self, db: Connection, tenants: Collection[str], *, now: float) -> int:
+        """Erase these tenants' rows, and keep records of their requests begun before `now` from coming back."""
+        self.erasures.record(db, tenants, now=now)
+        return self.delete_tenants(db, sorted(tenants))
 
     # ---------------------------------------------------------------- the report
 

@@ -5,6 +5,12 @@ tables carry a `semproxy_` prefix so the database can hold other things), the pa
 the embedding, a two-argument maximum and how a vector is written and read. Each backend passes its
 `Dialect`; the statements are formatted from it once, when a backend is made. Every method takes an open
 connection, inside a transaction the caller holds.
+
+Erasing a tenant (`semproxy cache clear --tenant`) also leaves a note, kept `ERASURE_HOLD` seconds: a request
+of the tenant that began before the erasure may still be upstream, and its log record may still wait on a
+replica's queue. Whatever such a request writes later is dropped, in the transaction that would write it,
+so nothing of a request older than the erasure comes back. Requests after it are new data (revoke the key
+to refuse them).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ class Dialect:
     entries: str
     exact_keys: str
     requests: str
+    erasures: str  # tenants erased lately, and when (one such table in each file that holds their rows)
     vector: str  # the column that holds an entry's embedding
     mark: str  # the parameter placeholder
     greatest: str  # the two-argument maximum
@@ -42,6 +49,46 @@ class Dialect:
         return ", ".join([self.mark] * count)
 
 
+# Longer than any request is in flight or any log record queued: a note older than this can stop nothing.
+ERASURE_HOLD = 24 * 3600.0
+
+
+class ErasureQueries:
+    """The notes erasures leave: which tenants were erased lately, and when."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = d = dialect
+        self._record = d.sql("INSERT INTO {erasures} (tenant, erased_at) VALUES ({p}, {p}) ON CONFLICT (tenant) "
+                             "DO UPDATE SET erased_at = {greatest}({erasures}.erased_at, excluded.erased_at)")
+        self._prune = d.sql("DELETE FROM {erasures} WHERE erased_at < {p}")
+        self._after = d.sql("SELECT 1 FROM {erasures} WHERE tenant = {p} AND erased_at >= {p}")
+
+    def record(self, db: Connection, tenants: Collection[str], *, now: float) -> None:
+        """Note that these tenants were erased at `now` (and forget notes past their hold)."""
+        self.prune(db, now=now)
+        cursor = db.cursor()
+        try:
+            cursor.executemany(self._record, [(tenant, now) for tenant in sorted(tenants)])
+        finally:
+            cursor.close()
+
+    def prune(self, db: Connection, *, now: float) -> None:
+        """Forget the notes older than ERASURE_HOLD."""
+        db.execute(self._prune, (now - ERASURE_HOLD,))
+
+    def erased_after(self, db: Connection, tenant: str, at: float) -> bool:
+        """Whether the tenant was erased at or after `at`."""
+        return db.execute(self._after, (tenant, at)).fetchone() is not None
+
+    def times(self, db: Connection, tenants: Collection[str]) -> dict[str, float]:
+        """When each of these tenants was last erased, for those erased lately."""
+        if not tenants:
+            return {}
+        sql = self.dialect.sql("SELECT tenant, erased_at FROM {erasures} WHERE tenant IN ({marks})",
+                               marks=self.dialect.marks(len(tenants)))
+        return {str(row[0]): float(row[1]) for row in db.execute(sql, sorted(tenants)).fetchall()}
+
+
 ENTRY_COLUMNS = ("e.id, e.kind, e.tenant, e.scope, e.model, e.prompt, e.response, e.created_at, e.expires_at, "
                  "e.space")
 
@@ -51,6 +98,7 @@ class EntryQueries:
 
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = d = dialect
+        self.erasures = ErasureQueries(d)
         self._get_exact = d.sql("SELECT {columns} FROM {exact_keys} k JOIN {entries} e ON e.id = k.entry_id "
                                 "WHERE k.key = {p}", columns=ENTRY_COLUMNS)
         self._delete_key = d.sql("DELETE FROM {entries} WHERE id IN (SELECT entry_id FROM {exact_keys} "
@@ -104,9 +152,12 @@ class EntryQueries:
 
     # ---------------------------------------------------------------- writes
 
-    def put(self, db: Connection, entry: NewEntry, *, now: float) -> tuple[int, Removed]:
-        """Store an entry under its exact key, replacing whatever that key named; (its id, what went)."""
+    def put(self, db: Connection, entry: NewEntry, *, now: float) -> tuple[int | None, Removed]:
+        """Store an entry under its exact key, replacing whatever that key named; (its id, what went). The id
+        is None, and nothing is written, if its tenant was erased after its request began."""
         key = entry.key
+        if entry.asked_at is not None and self.erasures.erased_after(db, key.tenant, entry.asked_at):
+            return None, []
         removed = _removed(db.execute(self._delete_key, (key.exact,)))
         expires = now + entry.ttl_seconds if entry.ttl_seconds > 0 else None
         vector = None if entry.vector is None else self.dialect.to_vector(entry.vector)
@@ -134,6 +185,7 @@ class EntryQueries:
     def sweep(self, db: Connection, *, now: float, keep: int, used: Mapping[int, float]) -> tuple[Removed, int]:
         """Record LRU times, drop expired entries, evict the least recently used beyond `keep`; (what went,
         how many are left). One count: once the cache is full this runs with every store."""
+        self.erasures.prune(db, now=now)
         if used:
             self.touch(db, used)
         removed = self.delete_expired(db, now=now)
@@ -153,6 +205,10 @@ class EntryQueries:
                                marks=self.dialect.marks(len(tenants)))
         return _removed(db.execute(sql, sorted(tenants)))
 
+    def erase_tenants(self, db: Connection, tenants: Collection[str], *, now: float) -> Removed:
+        """Remove these tenants' entries, and keep any request of theirs begun before `now` from storing one."""
+        self.erasures.record(db, tenants, now=now)
+        return self.delete_tenants(db, tenants)
 
     # ---------------------------------------------------------------- re-embedding
 

@@ -2,6 +2,7 @@
 
     cache.sqlite3        entries, exact_keys, meta (the tenant salt)    the cache's source of truth
     stats.sqlite3        requests, meta (the prompt-hash key)           the request log
+                         (both: erasures, the tenants erased lately: see semproxy.storage.sql)
     compression.sqlite3  compressions                                    stored compressions of system prompts
 
 Three files rather than one because SQLite has one writer per file: the log's writer thread and the
@@ -16,6 +17,7 @@ import contextlib
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,9 @@ from semproxy.storage.sql import Dialect, EntryQueries
 from semproxy.storage.sqlite_schema import CACHE, COMPRESSIONS, FILES, LOG, migrate
 
 DIALECT = Dialect(
-    entries="entries", exact_keys="exact_keys", requests="requests", vector="vector", mark="?", greatest="max",
-    floor="CAST({} AS INTEGER)", to_vector=lambda v: np.asarray(v, dtype=np.float32).tobytes(),
+    entries="entries", exact_keys="exact_keys", requests="requests", erasures="erasures", vector="vector",
+    mark="?", greatest="max", floor="CAST({} AS INTEGER)",
+    to_vector=lambda v: np.asarray(v, dtype=np.float32).tobytes(),
     from_vector=lambda blob: np.frombuffer(blob, dtype=np.float32),
 )
 
@@ -147,8 +150,9 @@ class SqliteStorage:
         """The entries with these ids that still exist, with their vectors."""
         return self.entries.get_many(self.connection(CACHE), ids)
 
-    def put_entry(self, entry: NewEntry, *, now: float) -> tuple[int, Removed]:
-        """Store an entry in one transaction; (its id, the entries it replaced)."""
+    def put_entry(self, entry: NewEntry, *, now: float) -> tuple[int | None, Removed]:
+        """Store an entry in one transaction; (its id, the entries it replaced); None: its tenant was erased
+        after its request began, nothing was stored."""
         with self.transaction(CACHE) as db:
             return self.entries.put(db, entry, now=now)
 
@@ -161,6 +165,16 @@ class SqliteStorage:
         """LRU times, expiry and eviction in one transaction; (what went, how many are left)."""
         with self.transaction(CACHE) as db:
             return self.entries.sweep(db, now=now, keep=keep, used=used)
+
+    def last_erasure(self) -> float | None:
+        """When a tenant was last erased from the cache (within the erasure notes' hold), if at all."""
+        row = self.connection(CACHE).execute("SELECT max(erased_at) FROM erasures").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def vector_ids(self) -> set[int]:
+        """The ids of the entries that have a vector."""
+        rows = self.connection(CACHE).execute("SELECT id FROM entries WHERE vector IS NOT NULL").fetchall()
+        return {int(row[0]) for row in rows}
 
     def iter_vectors(self, *, now: float,
                      batch: int = 4096) -> Iterator[tuple[list[int], list[tuple[str, str]], Vector]]:
@@ -200,9 +214,10 @@ class SqliteStorage:
     # ---------------------------------------------------------------- request log
 
     def append_requests(self, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
-        """Append log rows in one transaction."""
+        """Append log rows in one transaction (those of requests older than their tenant's erasure are dropped)."""
         with self.transaction(LOG) as db:
             self.log.insert(db, columns, rows)
+            self.log.erasures.prune(db, now=time.time())  # this file has no other regular sweep
 
     def delete_requests_before(self, ts: float) -> int:
         """Apply the log's retention."""
@@ -223,11 +238,14 @@ class SqliteStorage:
         with self.transaction(CACHE) as db:
             return len(self.entries.delete_tenants(db, tenants))
 
-    def erase_tenants(self, tenants: Collection[str]) -> tuple[int, int]:
+    def erase_tenants(self, tenants: Collection[str], *, now: float | None = None) -> tuple[int, int]:
         """Erase tenants from the cache and the log, so the rows' bytes do not stay on disk: secure_delete
-        overwrites the freed pages and a checkpoint folds the WAL back into each file. (entries, log rows)."""
-        entries = self._erase(CACHE, lambda db: len(self.entries.delete_tenants(db, tenants)))
-        rows = self._erase(LOG, lambda db: self.log.delete_tenants(db, sorted(tenants)))
+        overwrites the freed pages and a checkpoint folds the WAL back into each file. What their requests begun
+        before `now` (in flight, or queued for the log) write later is dropped (see semproxy.storage.sql).
+        (entries, log rows)."""
+        at = time.time() if now is None else now
+        entries = self._erase(CACHE, lambda db: len(self.entries.erase_tenants(db, tenants, now=at)))
+        rows = self._erase(LOG, lambda db: self.log.erase_tenants(db, tenants, now=at))
         return entries, rows
 
     def _erase(self, file: str, delete: Callable[[sqlite3.Connection], int]) -> int:

@@ -60,6 +60,14 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(CACHE, """
         ALTER TABLE entries ADD COLUMN space TEXT;
     """),
+    # Tenants erased lately (semproxy.storage.sql.ErasureQueries): in each file that holds their rows, so that
+    # a write and the note that stops it are read in one transaction.
+    Migration(CACHE, """
+        CREATE TABLE IF NOT EXISTS erasures (tenant TEXT PRIMARY KEY, erased_at REAL NOT NULL) WITHOUT ROWID;
+    """),
+    Migration(LOG, """
+        CREATE TABLE IF NOT EXISTS erasures (tenant TEXT PRIMARY KEY, erased_at REAL NOT NULL) WITHOUT ROWID;
+    """),
 )
 
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from semproxy.cache.index import FaissIndex
 from semproxy.cache.keys import make_key
+from semproxy.cache.store import EmbeddedStore
 from semproxy.storage.records import NewEntry
 from semproxy.storage.sqlite import SqliteStorage
 
@@ -123,3 +124,19 @@ def test_large_scope_becomes_ivf_without_losing_concurrent_writes() -> None:
     hits = sum(index.search("big", vectors[i], 1)[0][0] == i for i in range(100, 3000, 29))
     assert hits >= 0.95 * len(range(100, 3000, 29))  # IVF recall on its own vectors
     assert all(index.search("big", vectors[i], 1)[0][0] != i for i in range(0, 100, 7))  # removed stay gone
+    assert sorted(index.ids()["big"].tolist()) == list(range(100, 3000))  # an IVF scope lists its ids too
+
+
+def test_a_tenant_erased_by_another_process_leaves_this_ones_index(tmp_path: Path) -> None:
+    """Its vectors would never be served (their rows are gone) but do not stay in memory either."""
+    made: list[FaissIndex] = []
+    store = EmbeddedStore(SqliteStorage(tmp_path), make_index=lambda d: made.append(FaissIndex(d)) or made[-1])
+    store.enable_vectors(32, now=0.0)
+    vectors = _unit(4)
+    for i, tenant in enumerate(["gone", "gone", "stays", "stays"]):
+        store.put(_entry(f"p{i}", tenant=tenant, vector=vectors[i]), now=1.0)
+    SqliteStorage(tmp_path).erase_tenants({"gone"})  # `semproxy cache clear --tenant`, in another process
+    assert len(made[0]) == 4
+    store.sweep(now=2.0, keep=10, used={})  # housekeeping, every 30 s
+    assert len(made[0]) == 2
+    assert sorted(int(i) for ids in made[0].ids().values() for i in ids) == [3, 4]

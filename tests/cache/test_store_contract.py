@@ -123,6 +123,38 @@ def test_expiry_lru_eviction_and_tenant_clear(open_store: Opener) -> None:
     assert [e.prompt for e, _ in store.nearest(scope, SPACE, _unit(3), 4, min_similarity=-1.0)] == ["b"]
 
 
+def test_what_a_request_begun_before_its_tenants_erasure_writes_later_is_dropped(open_store: Opener) -> None:
+    import dataclasses
+
+    from semproxy.storage.sql import ERASURE_HOLD
+
+    store, storage = open_store()
+    store.put(_entry("before", tenant="t1", vector=_unit(1)), now=10.0)
+    assert storage.erase_tenants({"t1"}, now=100.0) == (1, 0)
+    in_flight = dataclasses.replace(_entry("in flight", tenant="t1", vector=_unit(2)), asked_at=99.0)
+    assert store.put(in_flight, now=101.0) is None  # its answer came back after the erasure
+    assert store.get(in_flight.key.exact) is None
+    assert store.nearest(in_flight.key.scope, SPACE, _unit(2), 4, min_similarity=0.0) == []
+    other = dataclasses.replace(_entry("in flight", tenant="t2"), asked_at=99.0)
+    after = dataclasses.replace(_entry("after", tenant="t1"), asked_at=100.5)
+    assert store.put(other, now=101.0) == 0 and store.put(after, now=101.0) == 0  # another tenant; a new request
+
+    columns = ["ts", "tenant", "endpoint", "method", "status", "outcome", "stream", "total_ms", "prompt_tokens",
+               "completion_tokens", "compression_saved_tokens", "hit_saved_tokens", "cost_saved_hit",
+               "cost_saved_compression", "priced"]
+    rows = [(ts, tenant, "/v1/chat/completions", "POST", 200, "miss", False, 1.0, 1, 1, 0, 0, 0.0, 0.0, True)
+            for ts, tenant in [(99.0, "t1"), (99.0, "t2"), (100.5, "t1"), (99.0, None)]]
+    storage.append_requests(columns, rows)  # records of requests begun before the erasure, still queued
+    with storage.reading_log() as db:
+        logged = sorted(db.execute(storage.log.dialect.sql("SELECT ts, tenant FROM {requests}")).fetchall(),
+                        key=lambda row: (row[0], row[1] or ""))
+    assert logged == [(99.0, None), (99.0, "t2"), (100.5, "t1")]
+
+    store.sweep(now=100.0 + ERASURE_HOLD + 1, keep=10, used={})  # the note is forgotten a day later
+    late = dataclasses.replace(_entry("late", tenant="t1"), asked_at=99.0)
+    assert store.put(late, now=100.0 + ERASURE_HOLD + 2) == 0
+
+
 def test_entries_salt_and_vectors_persist_across_processes(open_store: Opener) -> None:
     first, _ = open_store()
     entry = _entry("persist me", vector=_unit(5))
