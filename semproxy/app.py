@@ -12,6 +12,7 @@ dir, or a shared PostgreSQL) serves the cache and the request log, and is closed
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -29,6 +30,7 @@ from starlette.routing import Route
 from semproxy.cache import multilingual_e5
 from semproxy.cache.embedder import MINILM, Embedder, SentenceTransformerEmbedder
 from semproxy.cache.index import FaissIndex
+from semproxy.cache.keys import tenant_id
 from semproxy.cache.languages import load_detector
 from semproxy.cache.multilingual_e5 import E5, MultilingualE5
 from semproxy.cache.onnx_minilm import OnnxMiniLM
@@ -103,6 +105,7 @@ def build_cache(settings: Settings, *, storage: Storage | None = None,
     policy = CachePolicy(
         threshold=settings.similarity_threshold, top_k=settings.semantic_top_k, ttl_seconds=settings.ttl_seconds,
         max_entries=settings.max_entries, embed_batch_size=settings.embed_batch_size, flight_wait=settings.flight_wait,
+        max_age_seconds=settings.cache_retention_days * 24 * 3600,
     )
     return SemanticCache(
         open_store=partial(open_entry_store, settings, storage),
@@ -157,6 +160,7 @@ def build_compression(settings: Settings, storage: Storage | None = None) -> Com
         wait_seconds=settings.compression_wait_seconds, languages=frozenset(settings.compression_languages),
         fingerprint="|".join([settings.compression_method, settings.compression_model,
                               settings.compression_keep_start, settings.compression_keep_end]),
+        max_age_seconds=settings.cache_retention_days * 24 * 3600,
     )
     return CompressionService(load_compressor=partial(load_compressor, settings), results=results, policy=policy,
                               language_of=load_detector())
@@ -267,7 +271,7 @@ def _stats_layer(app: ASGIApp, settings: Settings, cache: SemanticCache, storage
     metrics.held_bytes.labels("answers").set_function(lambda: held_answers.held)
     return StatsMiddleware(
         app, log=request_log, source=storage, metrics=metrics,
-        access=_admin_access(settings), tenant_of=partial(_tenant_of, settings, cache),
+        access=_admin_access(settings), tenant_of=partial(_tenant_of, settings, functools.cache(storage.tenant_salt)),
         default_upstream=httpx.URL(settings.upstream).netloc.decode() if proxy_mode else "app",
         # In middleware mode the app's own /metrics (if any) stays the app's.
         metrics_paths=("/metrics", "/semproxy/metrics") if proxy_mode else ("/semproxy/metrics",),
@@ -288,13 +292,13 @@ def _closing(app: ASGIApp, close: Callable[[], None]) -> ASGIApp:
     return closing
 
 
-def _tenant_of(settings: Settings, cache: SemanticCache, scope: Scope) -> str | None:
-    """The request's tenant hash, the same the cache uses (None until the cache's store is open)."""
-    if not cache.store_ready:
-        return None
+def _tenant_of(settings: Settings, salt: Callable[[], bytes], scope: Scope) -> str | None:
+    """The request's tenant hash, the same the cache uses, also before the cache's store is open and with the
+    cache off: a row without a tenant could not be erased with it. Runs on the log's thread, which may wait
+    for the store (a failure leaves the row without a tenant, and the salt is asked for again next time)."""
     namespace = controls.namespace(scope, configured=settings.namespace,
                                    header_allowed=settings.allow_namespace_header)
-    return cache.tenant(api_key=controls.api_key(scope), namespace=namespace)
+    return tenant_id(api_key=controls.api_key(scope), namespace=namespace, salt=salt())
 
 
 def _token_counter(data_dir: Path) -> TokenCounter:

@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     which = clear.add_mutually_exclusive_group()
     which.add_argument("--namespace", help="only this shared namespace's entries")
     which.add_argument("--tenant", metavar="API_KEY_OR_HASH",
-                       help="erase one tenant: its entries and its request-log rows (an API key, or its hash)")
+                       help="erase one tenant: its entries and its request-log rows (an API key, or its hash; "
+                       "'-' reads it from standard input, out of the shell's history and the process list)")
     clear.set_defaults(handler=_cache_clear)
     info = cache_commands.add_parser("info", help="count cached entries")
     _common(info)
@@ -214,7 +215,11 @@ def _cache_clear(settings: Settings, args: argparse.Namespace) -> int:
         storage.open()
         salt = storage.tenant_salt()
         if args.tenant is not None:
-            entries, rows = storage.erase_tenants(tenant_hashes(args.tenant.strip(), salt))
+            who = _secret("API key or tenant hash: ") if args.tenant == "-" else args.tenant
+            if not who.strip():
+                print("semproxy: no tenant given", file=sys.stderr)
+                return 2
+            entries, rows = storage.erase_tenants(tenant_hashes(who.strip(), salt))
             print(f"removed {entries} entries and {rows} request-log rows of the tenant")
             return 0
         tenants = None if args.namespace is None else {tenant_id(api_key=None, namespace=args.namespace, salt=salt)}
@@ -224,6 +229,13 @@ def _cache_clear(settings: Settings, args: argparse.Namespace) -> int:
     where = "" if args.namespace is None else f" from namespace {args.namespace!r}"
     print(f"removed {removed} entries{where}")
     return 0
+
+
+def _secret(prompt: str) -> str:
+    """A key from the terminal without echo, or the first line of standard input."""
+    import getpass
+
+    return getpass.getpass(prompt) if sys.stdin.isatty() else sys.stdin.readline()
 
 
 def _cache_check(settings: Settings, args: argparse.Namespace) -> int:
@@ -287,12 +299,9 @@ def _admin_token(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def _hash_key(_: Settings, __: argparse.Namespace) -> int:
-    import getpass
-
     from semproxy.middleware.access import key_hash
 
-    key = getpass.getpass("client key: ") if sys.stdin.isatty() else sys.stdin.readline()
-    key = key.strip()
+    key = _secret("client key: ").strip()
     if not key:
         print("semproxy: no key given", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@ tenant's entries and request-log rows so that not even their bytes stay on disk.
 
 from __future__ import annotations
 
+import io
 import sqlite3
 from pathlib import Path
 
@@ -50,7 +51,7 @@ async def test_check_passes_on_a_sound_data_dir_and_names_each_kind_of_damage(
 
 
 async def test_clear_tenant_erases_entries_and_log_rows_down_to_the_bytes(
-        make_proxy, settings, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+        make_proxy, settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     proxy = await make_proxy()
     await _traffic(proxy)
     data_dir = settings.data_dir
@@ -72,7 +73,8 @@ async def test_clear_tenant_erases_entries_and_log_rows_down_to_the_bytes(
     again = await proxy.chat("bob asks what is the secret plan", headers={"authorization": "Bearer sk-bob"})
     assert again.headers["x-semproxy-cache"] == "miss"
     proxy.app.log.flush()  # type: ignore[attr-defined]
-    assert main(["cache", "clear", "--data-dir", str(data_dir), "--tenant", bob]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO(bob + "\n"))  # out of the shell's history and `ps`
+    assert main(["cache", "clear", "--data-dir", str(data_dir), "--tenant", "-"]) == 0
     assert "removed 1 entries and 1 request-log rows" in capsys.readouterr().out
     code, out = _check(data_dir, capsys)
     assert code == 0, out

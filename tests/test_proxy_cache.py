@@ -191,6 +191,23 @@ async def test_ttl_expires_entries(make_proxy, upstream: FakeOpenAI) -> None:  #
     assert (await proxy.chat("long lived")).headers["x-semproxy-cache"] == "miss"
 
 
+async def test_no_entry_outlives_the_retention_whatever_its_ttl(  # type: ignore[no-untyped-def]
+        make_proxy, settings: Settings) -> None:
+    now = [1000.0]
+    day = 24 * 3600
+    proxy = await make_proxy(settings=dataclasses.replace(settings, ttl_seconds=0, cache_retention_days=2),
+                             clock=lambda: now[0])
+    await proxy.chat("asked to live for ever", headers={"x-semproxy-ttl": str(10**10)})
+    await proxy.chat("never expires by the settings")
+    now[0] += day
+    assert (await proxy.chat("asked to live for ever")).headers["x-semproxy-cache"] == "exact"
+    now[0] += day + 1
+    for prompt in ("asked to live for ever", "never expires by the settings"):
+        assert (await proxy.chat(prompt)).headers["x-semproxy-cache"] == "miss"
+    await proxy.cache.housekeeping()  # the misses stored fresh answers; the old rows are gone
+    assert proxy.cache.entry_count() == 2
+
+
 async def test_lru_eviction_keeps_the_recently_used(make_proxy, settings: Settings) -> None:  # type: ignore[no-untyped-def]
     now = [1000.0]
     small = Settings(**{**vars(settings), "max_entries": 3})  # type: ignore[arg-type]

@@ -11,6 +11,11 @@ from typing import Literal
 from semproxy.storage.records import CacheEntry, Vector
 
 Tier = Literal["exact", "semantic"]
+# The kinds of reason the verifier and its rules give, longest first. A rule's reason quotes the prompts ("name
+# Anna instead of cached Berta"); where that would show one person's prompt to another, or keep it in the request
+# log, only its kind is given.
+REASON_KINDS = ("negation on one side", "direction reversed", "no rule objects", "roles exchanged", "answer shape",
+                "same words", "written in", "opposites", "not read", "numbers", "names", "name", "read", "score")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -22,9 +27,14 @@ class Verdict:
     reason: str
     by_rule: bool = False  # decided by a rule, before the model
 
-    def header(self) -> str:
-        """The compact form sent in `X-Semproxy-Verdict`."""
-        return f"{'accept' if self.accepted else 'reject'}; score={self.score:.3f}; {self.reason}"
+    def header(self, *, quote_prompts: bool = True) -> str:
+        """The compact form sent in `X-Semproxy-Verdict`; without `quote_prompts`, the reason's kind only."""
+        reason = self.reason if quote_prompts else self.reason_kind()
+        return f"{'accept' if self.accepted else 'reject'}; score={self.score:.3f}; {reason}"
+
+    def reason_kind(self) -> str:
+        """The reason without the words of any prompt."""
+        return next((kind for kind in REASON_KINDS if self.reason.startswith(kind)), "other")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -38,6 +38,7 @@ class CachePolicy:
     threshold: float = 0.95
     top_k: int = 4
     ttl_seconds: int = 7 * 24 * 3600
+    max_age_seconds: float = 0.0  # the operator's retention: no entry outlives it, whatever its TTL (0: none)
     max_entries: int = 100_000
     embed_batch_size: int = 64
     maintenance_seconds: float = 30.0
@@ -115,8 +116,8 @@ class SemanticCache:
 
     async def _open(self) -> None:
         store = await anyio.to_thread.run_sync(self._open_store)
-        self._count = await anyio.to_thread.run_sync(
-            lambda: store.sweep(now=self._clock(), keep=self.policy.max_entries, used={}))
+        self._count = await anyio.to_thread.run_sync(lambda: store.sweep(
+            now=self._clock(), keep=self.policy.max_entries, used={}, born_after=self._born_after()))
         self._store = store
         if self._load_spaces is not None:
             await self._start_semantic(store)
@@ -202,7 +203,7 @@ class SemanticCache:
             entry = store.get(key.exact)
         else:
             entry = await anyio.to_thread.run_sync(store.get, key.exact)
-        if entry is None or entry.tenant != key.tenant or entry.expired(self._clock()):
+        if entry is None or entry.tenant != key.tenant or not self._live(entry, self._clock()):
             return None
         self._touch(entry.id)
         return CacheHit(entry=entry, tier="exact")
@@ -307,10 +308,24 @@ class SemanticCache:
         entry, similarity, _ = usable[chosen]
         return CacheHit(entry=entry, tier="semantic", similarity=similarity, verdict=verdicts[chosen]), None
 
-    @staticmethod
-    def _matches(entry: CacheEntry, key: CacheKey, now: float) -> bool:
+    def _matches(self, entry: CacheEntry, key: CacheKey, now: float) -> bool:
         # The search is per scope already; checking again costs nothing and guards tenant isolation.
-        return entry.scope == key.scope and entry.tenant == key.tenant and not entry.expired(now)
+        return entry.scope == key.scope and entry.tenant == key.tenant and self._live(entry, now)
+
+    def _live(self, entry: CacheEntry, now: float) -> bool:
+        """Not expired, and not older than the retention (entries stored before it was set or lowered)."""
+        max_age = self.policy.max_age_seconds
+        return not entry.expired(now) and (max_age <= 0 or entry.created_at > now - max_age)
+
+    def _born_after(self) -> float | None:
+        """Entries created before this are past the retention."""
+        max_age = self.policy.max_age_seconds
+        return self._clock() - max_age if max_age > 0 else None
+
+    def _lifetime(self, ttl: int) -> int:
+        """A TTL within the retention (0, "never expires", becomes the retention)."""
+        max_age = int(self.policy.max_age_seconds)
+        return ttl if max_age <= 0 else (max_age if ttl <= 0 else min(ttl, max_age))
 
     # ---------------------------------------------------------------- writes
 
@@ -320,7 +335,7 @@ class SemanticCache:
         erased after `asked_at`, when the request arrived). Never raises."""
         if self._store is None:
             return False
-        ttl = self.policy.ttl_seconds if ttl_seconds is None else ttl_seconds
+        ttl = self._lifetime(self.policy.ttl_seconds if ttl_seconds is None else ttl_seconds)
         if embedding is not None and self.semantic_ready:
             entry = NewEntry(key=key, response=response, vector=embedding.vector, ttl_seconds=ttl,
                              space=embedding.space, asked_at=asked_at)
@@ -429,7 +444,8 @@ class SemanticCache:
         with self._touch_lock:
             touched, self._touched = self._touched, {}
         try:
-            self._count = self._store.sweep(now=self._clock(), keep=self.policy.max_entries, used=touched)
+            self._count = self._store.sweep(now=self._clock(), keep=self.policy.max_entries, used=touched,
+                                            born_after=self._born_after())
         except BaseException:
             with self._touch_lock:  # keep the LRU times for the next sweep
                 self._touched = {**touched, **self._touched}

@@ -48,9 +48,9 @@ class EntryStore(Protocol):
         """Point another exact key at an entry (a semantic hit becomes an exact hit next time)."""
         ...
 
-    def sweep(self, *, now: float, keep: int, used: Mapping[int, float]) -> int:
-        """Record when entries were last served, drop expired ones, evict the least recently used beyond
-        `keep`; how many entries are left."""
+    def sweep(self, *, now: float, keep: int, used: Mapping[int, float], born_after: float | None = None) -> int:
+        """Record when entries were last served, drop expired ones and those created before `born_after`,
+        evict the least recently used beyond `keep`; how many entries are left."""
         ...
 
     def enable_vectors(self, dimension: int, *, now: float) -> None:
@@ -127,8 +127,8 @@ class EmbeddedStore:
     def alias(self, key: str, entry_id: int) -> None:
         self.storage.alias(key, entry_id)
 
-    def sweep(self, *, now: float, keep: int, used: Mapping[int, float]) -> int:
-        removed, count = self.storage.sweep(now=now, keep=keep, used=used)
+    def sweep(self, *, now: float, keep: int, used: Mapping[int, float], born_after: float | None = None) -> int:
+        removed, count = self.storage.sweep(now=now, keep=keep, used=used, born_after=born_after)
         self._unindex(removed)
         self._forget_erased()
         return count

@@ -43,6 +43,7 @@ class CompressionPolicy:
     wait_seconds: float = 0.5  # the longest a request waits for its prompt's first compression
     languages: frozenset[str] = frozenset({"*"})  # languages to compress; "*": all
     fingerprint: str = ""  # method, model and protection settings: part of every stored result's key
+    max_age_seconds: float = 0.0  # stored results older than this are deleted (0: kept); the cache's retention
 
 
 class ResultStore(Protocol):
@@ -54,6 +55,10 @@ class ResultStore(Protocol):
 
     def store_compression(self, key: str, result: str, *, now: float) -> None:
         """Keep a result."""
+        ...
+
+    def delete_compressions_before(self, ts: float) -> int:
+        """Apply the retention."""
         ...
 
 
@@ -71,6 +76,7 @@ class CompressionService:
         self._memory: OrderedDict[str, CompressionResult | None] = OrderedDict()  # None: below min_tokens
         self._memory_lock = threading.Lock()
         self._pending: dict[str, concurrent.futures.Future[CompressionResult | None]] = {}
+        self._next_prune = 0.0
         self._started = False
         self.problem: str | None = None
 
@@ -83,6 +89,7 @@ class CompressionService:
             self._thread.submit(self._load)
 
     def _load(self) -> None:
+        self._prune()
         try:
             compressor = self._load_compressor()
             compressor.compress(WARM_UP, rate=self.policy.rate)  # first run costs: sessions, tiktoken's tables
@@ -152,7 +159,8 @@ class CompressionService:
     def _produce(self, key: str, text: str) -> CompressionResult | None:
         """On the compression thread: stored result, or below the threshold, or a fresh compression."""
         try:
-            result = self._stored(key)
+            self._prune()
+            result = self._stored(key, text)
             if result is None and self._compressor is not None and self._worth_compressing(text):
                 started = time.perf_counter()
                 result = self._compressor.compress(text, rate=self.policy.rate)
@@ -187,16 +195,29 @@ class CompressionService:
             while len(self._memory) > MEMORY_ENTRIES:
                 self._memory.popitem(last=False)
 
-    def _stored(self, key: str) -> CompressionResult | None:
+    def _stored(self, key: str, text: str) -> CompressionResult | None:
         stored = self._results.stored_compression(key)
         if stored is None:
             return None
         data: dict[str, Any] = json.loads(stored)
-        return CompressionResult(original=data["original"], compressed=data["compressed"],
+        return CompressionResult(original=text, compressed=data["compressed"],
                                  tokens={k: (v[0], v[1]) for k, v in data["tokens"].items()})
 
     def _store(self, key: str, result: CompressionResult) -> None:
-        self._results.store_compression(key, json.dumps(dataclasses.asdict(result)), now=time.time())
+        # Not the prompt itself: its hash is the key, and every request that finds the result carries it.
+        kept = {"compressed": result.compressed, "tokens": result.tokens}
+        self._results.store_compression(key, json.dumps(kept), now=time.time())
+
+    def _prune(self) -> None:
+        """On the compression thread, at most hourly: delete stored results past the retention."""
+        now = time.time()
+        if self.policy.max_age_seconds <= 0 or now < self._next_prune:
+            return
+        self._next_prune = now + 3600
+        try:
+            self._results.delete_compressions_before(now - self.policy.max_age_seconds)
+        except Exception:
+            log.exception("could not apply the retention to stored compressions")
 
     def drain(self, timeout: float = 60.0) -> None:
         """Wait until queued compressions are done (for tests and benchmarks)."""

@@ -74,6 +74,9 @@ class Settings:
     verify_hits: bool = True  # the hit verifier checks every semantic candidate (see semproxy/cache/verifier.py)
     max_false_hit_rate: float = 0.02  # the verifier's error budget, measured on its calibration data
     ttl_seconds: int = 7 * 24 * 3600
+    # No cache entry (nor stored compression) is kept longer, whatever its TTL: X-Semproxy-TTL and
+    # ttl_seconds = 0 included; 0 = no limit
+    cache_retention_days: float = 30.0
     max_entries: int = 100_000
     max_temperature: float = 1.0
     namespace: str | None = None
@@ -133,6 +136,7 @@ class Settings:
         _check(self.semantic_top_k >= 1, "semantic_top_k must be at least 1")
         _check(0.0 < self.max_false_hit_rate <= 1.0, "max_false_hit_rate must be above 0 and at most 1")
         _check(self.ttl_seconds >= 0, "ttl_seconds must be >= 0 (0 means entries never expire)")
+        _check(self.cache_retention_days >= 0, "cache_retention_days must be >= 0 (0 means no limit)")
         _check(self.max_entries >= 1, "max_entries must be at least 1")
         _check(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024")
         _check(self.max_held_bytes >= self.max_body_bytes, "max_held_bytes must be at least max_body_bytes")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from semproxy.cache.keys import make_key, uncacheable_reason
-from semproxy.cache.records import CacheHit, Controls, Lookup
+from semproxy.cache.records import CacheHit, Controls, Lookup, Verdict
 from semproxy.cache.service import SemanticCache
 from semproxy.cache.singleflight import SingleFlight
 from semproxy.config import Settings
@@ -29,6 +29,7 @@ from semproxy.types import (
     SSE_HEADERS,
     ASGIApp,
     ByteBudget,
+    RawHeaders,
     Receive,
     Scope,
     Send,
@@ -177,10 +178,9 @@ class CacheResponder:
                                  asked_at=self.arrived)
 
         self.facts.cache = outcome
-        headers = []
+        headers: RawHeaders = []
         if lookup.rejected is not None:  # a near prompt was found but its answer does not fit: say why
-            self.facts.verdict = lookup.rejected.header()
-            headers.append((b"x-semproxy-verdict", _header_value(lookup.rejected.header())))
+            self._note_verdict(lookup.rejected, headers)
         capture = ResponseCapture(send, kind=self.kind, stream=is_stream(body), outcome=outcome,
                                   store=store if request_controls.store else None, headers=headers,
                                   budget=self.middleware.held)
@@ -195,6 +195,12 @@ class CacheResponder:
             if end is not None:
                 self.middleware.latencies.observe(stream=stream, seconds=end - self.started)
 
+    def _note_verdict(self, verdict: Verdict, headers: RawHeaders) -> None:
+        """The verifier's verdict for the log and the client. Its reason may quote the cached prompt: in a shared
+        namespace that is someone else's, and the log keeps prompt words only where stats_prompt_chars allows."""
+        self.facts.verdict = verdict.header(quote_prompts=self.settings.stats_prompt_chars > 0)
+        headers.append((b"x-semproxy-verdict", _header_value(verdict.header(quote_prompts=not self.shared))))
+
     async def _send_hit(self, send: Send, body: JSON, hit: CacheHit) -> None:
         if self.settings.mask_hit_timing and self.shared:  # look like a miss (see timing_mask.py)
             wait = self.middleware.latencies.draw(stream=is_stream(body)) - (time.perf_counter() - self.started)
@@ -205,8 +211,7 @@ class CacheResponder:
         if hit.similarity is not None:
             headers.append((b"x-semproxy-similarity", f"{hit.similarity:.4f}".encode()))
         if hit.verdict is not None:
-            self.facts.verdict = hit.verdict.header()
-            headers.append((b"x-semproxy-verdict", _header_value(hit.verdict.header())))
+            self._note_verdict(hit.verdict, headers)
         if is_stream(body) and self.kind != "embedding":
             completion: dict[str, Any] = json.loads(hit.entry.response)
             events = b"".join(replay_stream(self.kind, completion, include_usage=wants_usage_chunk(body)))

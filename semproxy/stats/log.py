@@ -30,6 +30,7 @@ HOUR = 3600.0
 Listener = Callable[[RequestRecord], None]
 TokenCounter = Callable[[str, str], int]
 _STOP = object()
+_TICK = object()  # the writer woke without work: time to look at the retention
 
 
 class LogStore(Protocol):
@@ -143,6 +144,8 @@ class RequestLog:
             first = self._next_or_retire()
             if first is None:
                 return
+            if first is _TICK:
+                continue
             batch, waiting, stop = self._collect(first)
             self._write_batch(batch, count)
             for event in waiting:
@@ -151,11 +154,14 @@ class RequestLog:
                 return
 
     def _next_or_retire(self) -> object | None:
-        """The next item; None once the log was idle for `idle_seconds` (the thread then ends)."""
+        """The next item; None once the log was idle for `idle_seconds` (the thread then ends), or _TICK with a
+        retention to apply: an idle proxy must still delete rows as they age."""
         while True:
             try:
                 return self._queue.get(timeout=self._idle_seconds)
             except queue.Empty:
+                if self._retention > 0:
+                    return _TICK
                 with self._lock:
                     if self._queue.empty():
                         self._thread = None

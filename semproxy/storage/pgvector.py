@@ -71,10 +71,10 @@ class PostgresEntries:
         with self.storage.transaction() as db:
             self.queries.alias(db, key, entry_id)
 
-    def sweep(self, *, now: float, keep: int, used: Mapping[int, float]) -> int:
+    def sweep(self, *, now: float, keep: int, used: Mapping[int, float], born_after: float | None = None) -> int:
         with self.storage.transaction() as db:
             db.execute("SELECT pg_advisory_xact_lock(%s)", (_EVICTION_LOCK,))
-            _, count = self.queries.sweep(db, now=now, keep=keep, used=used)
+            _, count = self.queries.sweep(db, now=now, keep=keep, used=used, born_after=born_after)
         return count
 
     def enable_vectors(self, dimension: int, *, now: float) -> None:

@@ -60,6 +60,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE semproxy_erasures (tenant text PRIMARY KEY, erased_at double precision NOT NULL);
     """,
+    # The retention (cache_retention_days) deletes by age, whatever an entry's TTL.
+    """
+    CREATE INDEX semproxy_entries_created ON semproxy_entries (created_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

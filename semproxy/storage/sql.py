@@ -111,6 +111,7 @@ class EntryQueries:
         self._alias = d.sql("INSERT INTO {exact_keys} (key, entry_id) SELECT {p}, id FROM {entries} WHERE id = {p} "
                             "ON CONFLICT (key) DO UPDATE SET entry_id = excluded.entry_id")
         self._touch = d.sql("UPDATE {entries} SET last_used_at = {greatest}(last_used_at, {p}) WHERE id = {p}")
+        self._born_before = d.sql("DELETE FROM {entries} WHERE created_at < {p} RETURNING id, scope, space")
         self._expired = d.sql("DELETE FROM {entries} WHERE expires_at IS NOT NULL AND expires_at <= {p} "
                               "RETURNING id, scope, space")
         self._count = d.sql("SELECT count(*) FROM {entries}")
@@ -182,13 +183,17 @@ class EntryQueries:
         """Remove entries whose TTL ran out."""
         return _removed(db.execute(self._expired, (now,)))
 
-    def sweep(self, db: Connection, *, now: float, keep: int, used: Mapping[int, float]) -> tuple[Removed, int]:
-        """Record LRU times, drop expired entries, evict the least recently used beyond `keep`; (what went,
-        how many are left). One count: once the cache is full this runs with every store."""
+    def sweep(self, db: Connection, *, now: float, keep: int, used: Mapping[int, float],
+              born_after: float | None = None) -> tuple[Removed, int]:
+        """Record LRU times, drop expired entries and those created before `born_after` (the retention),
+        evict the least recently used beyond `keep`; (what went, how many are left). One count: once the cache
+        is full this runs with every store."""
         self.erasures.prune(db, now=now)
         if used:
             self.touch(db, used)
         removed = self.delete_expired(db, now=now)
+        if born_after is not None:
+            removed += _removed(db.execute(self._born_before, (born_after,)))
         count = self.count(db)
         if count > keep:
             evicted = _removed(db.execute(self._least_used, (count - keep,)))

@@ -38,8 +38,8 @@ DIALECT = Dialect(
 
 
 def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
-    """The one way semproxy opens SQLite: WAL, synchronous=NORMAL, foreign keys on, a 30 s busy timeout, and
-    no implicit transactions (writers say BEGIN IMMEDIATE themselves)."""
+    """The one way semproxy opens SQLite: WAL, synchronous=NORMAL, foreign keys on, secure_delete=FAST, a 30 s
+    busy timeout, and no implicit transactions (writers say BEGIN IMMEDIATE themselves)."""
     uri = path.resolve().as_uri() + ("?mode=ro" if read_only else "")
     db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False)
     if not read_only:
@@ -48,6 +48,9 @@ def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
     # only needed against power loss.
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA foreign_keys=ON")
+    # Deleted rows (expiry, eviction, retention) are zeroed where that costs no extra I/O, so their bytes do not
+    # linger in the file's pages; an erasure turns the full mode on (below).
+    db.execute("PRAGMA secure_delete=FAST")
     return db
 
 
@@ -161,10 +164,11 @@ class SqliteStorage:
         with self.transaction(CACHE) as db:
             self.entries.alias(db, key, entry_id)
 
-    def sweep(self, *, now: float, keep: int, used: Mapping[int, float]) -> tuple[Removed, int]:
+    def sweep(self, *, now: float, keep: int, used: Mapping[int, float],
+              born_after: float | None = None) -> tuple[Removed, int]:
         """LRU times, expiry and eviction in one transaction; (what went, how many are left)."""
         with self.transaction(CACHE) as db:
-            return self.entries.sweep(db, now=now, keep=keep, used=used)
+            return self.entries.sweep(db, now=now, keep=keep, used=used, born_after=born_after)
 
     def last_erasure(self) -> float | None:
         """When a tenant was last erased from the cache (within the erasure notes' hold), if at all."""
@@ -201,6 +205,11 @@ class SqliteStorage:
         """A stored compression result (JSON), if one was stored under `key`."""
         row = self.connection(COMPRESSIONS).execute("SELECT result FROM compressions WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
+
+    def delete_compressions_before(self, ts: float) -> int:
+        """Apply the retention to stored compressions (each holds a system prompt)."""
+        with self.transaction(COMPRESSIONS) as db:
+            return int(db.execute("DELETE FROM compressions WHERE created_at < ?", (ts,)).rowcount)
 
     def store_compression(self, key: str, result: str, *, now: float) -> None:
         """Keep a compression result for every later request with the same prompt."""
@@ -256,7 +265,7 @@ class SqliteStorage:
                 removed = delete(transaction)
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
-            db.execute("PRAGMA secure_delete=OFF")
+            db.execute("PRAGMA secure_delete=FAST")
         return removed
 
     def close(self) -> None:

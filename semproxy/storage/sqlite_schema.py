@@ -68,6 +68,16 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(LOG, """
         CREATE TABLE IF NOT EXISTS erasures (tenant TEXT PRIMARY KEY, erased_at REAL NOT NULL) WITHOUT ROWID;
     """),
+    # The retention (cache_retention_days) deletes by age, whatever an entry's TTL.
+    Migration(CACHE, """
+        CREATE INDEX IF NOT EXISTS entries_created ON entries(created_at);
+    """),
+    # A stored compression no longer keeps the system prompt it came from (the request carries it), and goes
+    # with the retention.
+    Migration(COMPRESSIONS, """
+        UPDATE compressions SET result = json_remove(result, '$.original');
+        CREATE INDEX IF NOT EXISTS compressions_created ON compressions(created_at);
+    """),
 )
 
 

@@ -155,6 +155,16 @@ def test_what_a_request_begun_before_its_tenants_erasure_writes_later_is_dropped
     assert store.put(late, now=100.0 + ERASURE_HOLD + 2) == 0
 
 
+def test_the_retention_removes_entries_by_age_whatever_their_ttl(open_store: Opener) -> None:
+    store, _ = open_store()
+    for created, prompt in [(10.0, "old"), (20.0, "new")]:
+        store.put(_entry(prompt, ttl=0, vector=_unit(len(prompt))), now=created)
+    assert store.sweep(now=30.0, keep=10, used={}, born_after=15.0) == 1
+    assert store.get(_entry("old").key.exact) is None and store.get(_entry("new").key.exact) is not None
+    assert [e.prompt for e, _ in store.nearest(_entry("old").key.scope, SPACE, _unit(3), 4,
+                                               min_similarity=-1.0)] == ["new"]
+
+
 def test_entries_salt_and_vectors_persist_across_processes(open_store: Opener) -> None:
     first, _ = open_store()
     entry = _entry("persist me", vector=_unit(5))

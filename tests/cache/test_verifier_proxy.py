@@ -87,3 +87,30 @@ async def test_a_stricter_budget_serves_fewer_rewordings(make_proxy, upstream: F
     response = await proxy.chat("How can I make my phone's battery last longer?")
     assert response.headers["x-semproxy-cache"] == "miss"
     assert "score <" in response.headers["x-semproxy-verdict"]
+
+
+async def test_a_reason_that_quotes_prompts_stays_with_their_owner(make_proxy, minilm,  # type: ignore[no-untyped-def]
+                                                                    verified: Settings) -> None:
+    """"name austria instead of cached australia" tells a tenant about its own prompts; in a shared namespace the
+    cached prompt is someone else's, and the request log keeps no prompt words unless stats_prompt_chars says so."""
+    own = await make_proxy(settings=verified, embedder=minilm)
+    await own.chat("What is the capital of Australia?")
+    mine = await own.chat("What is the capital of Austria?")
+    assert "australia" in mine.headers["x-semproxy-verdict"]
+    shared = await make_proxy(settings=Settings(**{**verified.__dict__, "namespace": "team",
+                                                   "data_dir": verified.data_dir / "shared"}), embedder=minilm)
+    await shared.chat("What is the capital of Australia?", headers={"authorization": "Bearer sk-bob"})
+    theirs = await shared.chat("What is the capital of Austria?")
+    assert theirs.headers["x-semproxy-verdict"].endswith("; name")  # the kind of reason, no prompt words
+    for proxy in (own, shared):
+        assert proxy.app.log.flush()  # type: ignore[attr-defined]
+    rows = [row for path in (verified.stats_path, verified.data_dir / "shared" / "stats.sqlite3")
+            for row in _verdicts(path)]
+    assert rows and all(row.endswith("; name") for row in rows)
+
+
+def _verdicts(path: object) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(str(path)) as db:
+        return [v for (v,) in db.execute("SELECT verdict FROM requests WHERE verdict IS NOT NULL")]

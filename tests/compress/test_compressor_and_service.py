@@ -96,6 +96,27 @@ async def test_background_mode_forwards_the_first_and_stores_for_the_next(tmp_pa
 
 
 @pytest.mark.anyio
+async def test_stored_compressions_keep_no_prompt_and_follow_the_retention(tmp_path: Path) -> None:
+    import sqlite3
+
+    service = _service(tmp_path, FakeScorer(), wait=False, max_age_seconds=3600)
+    service.start()
+    await service.compressed(PROMPT)
+    service.drain()
+    await service.close()
+    with sqlite3.connect(tmp_path / "compression.sqlite3") as db:
+        [(result,)] = db.execute("SELECT result FROM compressions").fetchall()
+        assert PROMPT not in result and "original" not in result
+        db.execute("UPDATE compressions SET created_at = created_at - 7200")  # two hours old
+    again = _service(tmp_path, FakeScorer(), wait=False, max_age_seconds=3600)
+    again.start()  # deletes what is past the retention as it loads
+    again.drain()
+    with sqlite3.connect(tmp_path / "compression.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM compressions").fetchone() == (0,)
+    await again.close()
+
+
+@pytest.mark.anyio
 async def test_wait_mode_compresses_before_answering(tmp_path: Path) -> None:
     service = _service(tmp_path, FakeScorer(), wait=True)
     service.start()

@@ -94,24 +94,41 @@ def test_a_full_queue_drops_instead_of_blocking(tmp_path: Path) -> None:
     log.close()
 
 
-def test_retention_deletes_old_rows_and_the_thread_retires_when_idle(tmp_path: Path) -> None:
-    now = 10 * 86400.0
+def test_retention_deletes_old_rows_also_while_the_proxy_is_idle(tmp_path: Path) -> None:
+    now = [10 * 86400.0]
     path = tmp_path / "stats.sqlite3"
     first = _log(SqliteStorage(tmp_path), retention_days=0)  # keeps everything
     for age_days in (0.5, 2, 5):
-        first.submit(_observed(now - age_days * 86400, "miss"))
+        first.submit(_observed(now[0] - age_days * 86400, "miss"))
     first.close()
-    log = _log(SqliteStorage(tmp_path), retention_days=1, clock=lambda: now, idle_seconds=0.2)
+
+    def rows() -> int:
+        with sqlite3.connect(path) as db:
+            return int(db.execute("SELECT count(*) FROM requests").fetchone()[0])
+
+    log = _log(SqliteStorage(tmp_path), retention_days=1, clock=lambda: now[0], idle_seconds=0.1)
     log.start()  # the sweep runs when the writer starts
+    assert log.flush() and rows() == 1
+    now[0] += 86400  # a day later, and no request since: the last row ages past the retention all the same
+    deadline = time.monotonic() + 5
+    while rows():
+        assert time.monotonic() < deadline and log._thread is not None
+        time.sleep(0.05)
+    log.submit(_observed(now[0], "exact"))
+    assert log.flush() and log.written == 1 and rows() == 1
+    log.close()
+
+
+def test_without_a_retention_the_writer_retires_when_idle(tmp_path: Path) -> None:
+    log = _log(SqliteStorage(tmp_path), retention_days=0, idle_seconds=0.1)
+    log.submit(_observed(time.time(), "miss"))
     assert log.flush()
-    with sqlite3.connect(path) as db:
-        assert db.execute("SELECT count(*) FROM requests").fetchone() == (1,)
     deadline = time.monotonic() + 5
     while log._thread is not None:  # idle: the thread ends, and the next request starts another
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    log.submit(_observed(now, "exact"))
-    assert log.flush() and log.written == 1
+    log.submit(_observed(time.time(), "exact"))
+    assert log.flush() and log.written == 2
     log.close()
 
 

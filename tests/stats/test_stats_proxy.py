@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from semproxy.cache.keys import tenant_id
 from semproxy.cli import main
 from semproxy.config import Settings
 from tests.conftest import Proxy
@@ -48,6 +49,15 @@ async def test_every_request_is_logged_with_outcome_tenant_tokens_and_timings(pr
     assert bypass["upstream_ms"] > 0 and bypass["embed_ms"] is None and bypass["hit_saved_tokens"] == 0
     assert models["endpoint"] == "/v1/models" and models["method"] == "GET"
     assert b"sk-alice" not in Path(proxy.app.log.store.path("stats.sqlite3")).read_bytes()  # type: ignore[attr-defined]
+
+
+async def test_rows_name_their_tenant_with_the_cache_off(make_proxy, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    """A row without a tenant could not be erased with it (`semproxy cache clear --tenant`)."""
+    proxy = await make_proxy(settings=dataclasses.replace(settings, cache_enabled=False))
+    await proxy.chat("who am I")
+    [row] = _rows(proxy)
+    salt = proxy.app.log.store.tenant_salt()  # type: ignore[attr-defined]
+    assert row["tenant"] == tenant_id(api_key="sk-alice", namespace=None, salt=salt)
 
 
 async def test_prompt_text_and_prices_follow_the_settings(make_proxy, settings: Settings) -> None:  # type: ignore[no-untyped-def]
