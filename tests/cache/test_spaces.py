@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+import time
 
 import anyio
 import pytest
@@ -94,7 +95,7 @@ async def test_entries_of_a_data_dir_from_before_spaces_are_reembedded_and_exact
     # Stored by an older release: no space, and a vector some other model made. Here it is the vector the
     # English question will get, so a search across models would serve it with cosine 1.0.
     foreign = spaces.embedders["fast"].embed([asked])[0]
-    storage.put_entry(NewEntry(key=salt_key, response=b'{"old": true}', vector=foreign, ttl_seconds=0), now=1.0)
+    storage.put_entry(NewEntry(key=salt_key, response=b'{"old": true}', vector=foreign, ttl_seconds=0), now=time.time())
     storage.close()
 
     multi = spaces.embedders["multi"]
