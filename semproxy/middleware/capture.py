@@ -64,9 +64,11 @@ class ResponseCapture:
         self._capturing = False
         self._held: Message | None = None  # the start message of a non-stream answer being held
         self._stored = False
-        self._body = bytearray()
+        self._chunks: list[bytes] = []  # the held answer as it came: joined once, to be parsed; never copied before
+        self._size = 0
+        self._cost = 0  # what parsing the held chunks would take (parse_cost), counted as they come
         self._budget = budget
-        self._taken = 0  # bytes of _body reserved in the budget
+        self._taken = 0  # bytes reserved in the budget
         self._parser = SSEParser()
         self._assembler = StreamAssembler(kind)
         self.status: int | None = None  # the status the client got
@@ -128,12 +130,15 @@ class ResponseCapture:
     async def _hold(self, message: Message) -> None:
         assert self._held is not None
         chunk: bytes = message.get("body", b"")
-        if len(self._body) + len(chunk) > HOLD_LIMIT or not self._take(len(chunk)):
+        if self._size + len(chunk) > HOLD_LIMIT or not self._take(len(chunk)):
             # Too big to be a completion we would check, or all requests together hold too much already:
             # relayed unchecked, never stored.
             await self._pass_on(message)
             return
-        self._body += chunk
+        if chunk:
+            self._chunks.append(chunk)
+            self._size += len(chunk)
+            self._cost += parse_cost(chunk)
         if not message.get("more_body", False):
             await self._release()
 
@@ -149,10 +154,13 @@ class ResponseCapture:
     async def _pass_on(self, message: Message) -> None:
         assert self._held is not None
         start, self._held = self._held, None
-        held, self._body = bytes(self._body) + message.get("body", b""), bytearray()
+        held, self._chunks, self._size = self._chunks, [], 0
         self.close()
         await self._send(start)
-        await self._relay({"type": "http.response.body", "body": held, "more_body": message.get("more_body", False)})
+        for chunk in held:
+            await self._relay({"type": "http.response.body", "body": chunk, "more_body": True})
+        await self._relay({"type": "http.response.body", "body": message.get("body", b""),
+                           "more_body": message.get("more_body", False)})
 
     def _give(self, size: int) -> None:
         if size and self._budget is not None:
@@ -167,8 +175,8 @@ class ResponseCapture:
 
     async def _release(self) -> None:
         assert self._held is not None
-        large = len(self._body) > OFF_LOOP_BYTES
-        cost = parse_cost(self._body) if large else 0
+        large = self._size > OFF_LOOP_BYTES
+        cost = self._cost if large else 0
         if cost and not self._take(cost):
             await self._pass_on({"type": "http.response.body", "body": b"", "more_body": False})
             return
@@ -184,14 +192,14 @@ class ResponseCapture:
         content_type = dict((k.lower(), v.lower()) for k, v in start["headers"]).get(b"content-type", b"")
         if self._store is not None and b"json" in content_type:
             await self._store_once(response)
-        self._body = bytearray()
+        self._chunks = []
         self.close()
         await self._send(start)
         await self._relay({"type": "http.response.body", "body": response, "more_body": False})
 
     def _parsed(self) -> bytes | None:
         """The upstream's own bytes, once they proved to be a complete answer."""
-        raw = bytes(self._body)
+        raw = b"".join(self._chunks)
         try:
             response = loads(raw)
         except BadJSON:
@@ -199,7 +207,7 @@ class ResponseCapture:
         return raw if is_complete_response(self._kind, response) else None
 
     async def _refuse(self, start: Message, reason: str) -> None:
-        log.warning("answering 502: %s (%d bytes received)", reason, len(self._body))
+        log.warning("answering 502: %s (%d bytes received)", reason, self._size)
         error = InvalidAnswer(reason, code="upstream_invalid_response")
         body = error.body()
         ours: RawHeaders = [(k, v) for k, v in start["headers"] if k.lower().startswith(b"x-semproxy-")]
