@@ -72,19 +72,21 @@ def migrate(url: str, *, connect_timeout: float = 10.0) -> tuple[int, int]:
     """Create or upgrade semproxy's tables; (version before, version after). Safe to run concurrently."""
     import psycopg
 
-    with psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(connect_timeout))) as db:
+    connection = psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(connect_timeout)))
+    with connection as db, db.transaction():
+        db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        # Under the lock: two replicas starting together on a fresh database both ran it, and `IF NOT EXISTS`
+        # is not safe concurrently (the loser's store did not open: a unique violation on pg_extension).
         db.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        with db.transaction():
-            db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            db.execute("CREATE TABLE IF NOT EXISTS semproxy_schema_version ("
-                       "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
-            before = _version(db)
-            if before > SCHEMA_VERSION:
-                raise ConfigError(f"the database's semproxy schema is version {before}, newer than this "
-                                  f"semproxy's ({SCHEMA_VERSION}): upgrade semproxy")
-            for version in range(before + 1, SCHEMA_VERSION + 1):
-                db.execute(MIGRATIONS[version - 1])
-                db.execute("INSERT INTO semproxy_schema_version (version) VALUES (%s)", (version,))
+        db.execute("CREATE TABLE IF NOT EXISTS semproxy_schema_version ("
+                   "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+        before = _version(db)
+        if before > SCHEMA_VERSION:
+            raise ConfigError(f"the database's semproxy schema is version {before}, newer than this "
+                              f"semproxy's ({SCHEMA_VERSION}): upgrade semproxy")
+        for version in range(before + 1, SCHEMA_VERSION + 1):
+            db.execute(MIGRATIONS[version - 1])
+            db.execute("INSERT INTO semproxy_schema_version (version) VALUES (%s)", (version,))
     return before, SCHEMA_VERSION
 
 

@@ -122,3 +122,38 @@ def test_a_shared_store_of_the_first_schema_keeps_its_entries_for_re_embedding(p
     assert pg_migrate(pg_url) == (1, SCHEMA_VERSION)
     with psycopg.connect(pg_url) as db:
         assert db.execute("SELECT prompt, space FROM semproxy_entries").fetchall() == [("p", None)]
+
+
+def test_replicas_starting_together_on_a_fresh_database_all_migrate(pg_server: str) -> None:
+    """Four replicas started at once on an empty database: `CREATE EXTENSION IF NOT EXISTS` is not safe
+    concurrently (the loser gets a unique violation), so it must run under the migration lock too. Outside it,
+    a replica's store did not open at start (issue 16's replica start-up failure)."""
+    from semproxy.storage.postgres_schema import SCHEMA_VERSION
+    from tests import pg
+
+    for _ in range(8):  # the race is narrow: a few fresh databases
+        with pg.database(pg_server) as url:
+            assert _migrate_together(url, replicas=4) == [str(SCHEMA_VERSION)] * 4
+
+
+def _migrate_together(url: str, *, replicas: int) -> list[str]:
+    """Each replica's schema version after migrating at the same moment, or the error it died of."""
+    import threading
+
+    from semproxy.storage.postgres_schema import migrate as migrate_postgres
+
+    start, outcomes = threading.Barrier(replicas), []
+
+    def replica() -> None:
+        start.wait()
+        try:
+            outcomes.append(str(migrate_postgres(url)[1]))
+        except Exception as exc:
+            outcomes.append(repr(exc))
+
+    threads = [threading.Thread(target=replica) for _ in range(replicas)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
