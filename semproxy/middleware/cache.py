@@ -124,13 +124,9 @@ class CacheResponder:
         receive = replay(raw, receive)
         if key is None or not (request_controls.lookup or request_controls.store):
             self.facts.cache = "bypass"
-            capture = ResponseCapture(send, kind=self.kind, stream=is_stream(body), outcome="bypass", store=None,
-                                      budget=self.middleware.held)
-            try:
-                await self.middleware.app(scope, receive, capture)
-                await capture.finish()
-            finally:
-                capture.close()
+            bypass = ResponseCapture(send, kind=self.kind, stream=is_stream(body), outcome="bypass", store=None,
+                                     budget=self.middleware.held)
+            await self._answer_through(scope, receive, bypass)
             return
         await self._cached(scope, receive, send, body, key, request_controls)
 
@@ -184,16 +180,20 @@ class CacheResponder:
         capture = ResponseCapture(send, kind=self.kind, stream=is_stream(body), outcome=outcome,
                                   store=store if request_controls.store else None, headers=headers,
                                   budget=self.middleware.held)
-        try:
-            await self.middleware.app(scope, receive, capture)
-            await capture.finish()
-        finally:
-            capture.close()
+        await self._answer_through(scope, receive, capture)
         if self.settings.mask_hit_timing and capture.status is not None and 200 <= capture.status < 300:
             stream = is_stream(body)
             end = capture.first_byte_at if stream else time.perf_counter()
             if end is not None:
                 self.middleware.latencies.observe(stream=stream, seconds=end - self.started)
+
+    async def _answer_through(self, scope: Scope, receive: Receive, capture: ResponseCapture) -> None:
+        """The app's answer, through `capture`; what it held against the budget is given back whatever happens."""
+        try:
+            await self.middleware.app(scope, receive, capture)
+            await capture.finish()
+        finally:
+            capture.close()
 
     def _note_verdict(self, verdict: Verdict, headers: RawHeaders) -> None:
         """The verifier's verdict for the log and the client. Its reason may quote the cached prompt: in a shared
