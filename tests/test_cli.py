@@ -64,3 +64,16 @@ def test_serve_documents_its_arguments(capsys: pytest.CaptureFixture[str]) -> No
     out = capsys.readouterr().out
     for flag in ("--upstream", "--host", "--port", "--data-dir", "--config"):
         assert flag in out
+
+
+def test_serve_caps_glibcs_malloc_arenas_unless_the_environment_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    import platform
+
+    from semproxy.cli import _cap_malloc_arenas
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert _cap_malloc_arenas() is True  # glibc accepted M_ARENA_MAX = 2
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert _cap_malloc_arenas() is False  # the operator's own value stands
