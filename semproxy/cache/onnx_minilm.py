@@ -15,6 +15,7 @@ import numpy as np
 
 from semproxy.cache.embedder import MINILM, minilm_folder, unit_rows
 from semproxy.errors import ConfigError
+from semproxy.onnx_session import cpu_session
 from semproxy.storage.records import Vector
 
 MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length in sentence-transformers
@@ -28,7 +29,6 @@ class OnnxMiniLM:
 
     def __init__(self, *, threads: int = 1) -> None:
         try:
-            import onnxruntime
             from tokenizers import Tokenizer
         except ImportError as exc:
             raise ConfigError("the int8 MiniLM embedder needs onnxruntime and tokenizers") from exc
@@ -36,10 +36,7 @@ class OnnxMiniLM:
         tokenizer.no_padding()  # the shipped file pads every text to 128 tokens: 3x the work for short prompts
         tokenizer.enable_truncation(MAX_TOKENS)  # as sentence-transformers cuts; the proxy asks `fits` first
         self._tokenizer: Any = tokenizer
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        self._session: Any = onnxruntime.InferenceSession(str(_model_file()), options,
-                                                          providers=["CPUExecutionProvider"])
+        self._session: Any = cpu_session(_model_file(), threads=threads)
 
     def embed(self, texts: Sequence[str]) -> Vector:
         encodings = self._tokenizer.encode_batch(list(texts))

@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 
 from semproxy.cache.embedder import minilm_folder
 from semproxy.errors import ConfigError
+from semproxy.onnx_session import cpu_session
 
 MODEL_FILE = "pair_encoder.onnx"
 MAX_TOKENS = 96  # as trained: a pair longer than this is cut, stored side first from the end of each text
@@ -32,7 +33,6 @@ class PairEncoder:
 
     def __init__(self, path: Path, *, threads: int = 1) -> None:
         try:
-            import onnxruntime
             from tokenizers import Tokenizer
         except ImportError as exc:
             raise ConfigError("the pair encoder needs onnxruntime and tokenizers") from exc
@@ -40,9 +40,7 @@ class PairEncoder:
         tokenizer.no_padding()
         tokenizer.enable_truncation(MAX_TOKENS)
         self._tokenizer: Any = tokenizer
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        self._session: Any = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._session: Any = cpu_session(path, threads=threads)
 
     @classmethod
     def packaged(cls, *, threads: int = 1) -> PairEncoder:

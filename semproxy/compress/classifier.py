@@ -25,6 +25,7 @@ import numpy as np
 from semproxy.compress.scorers import mean_by_unit
 from semproxy.compress.spans import Unit
 from semproxy.errors import ConfigError
+from semproxy.onnx_session import cpu_session
 
 MODEL_FILE = "keep_classifier.onnx"
 TOKENIZER_FILE = "keep_classifier_tokenizer.json"
@@ -37,7 +38,6 @@ class KeepClassifier:
 
     def __init__(self, model: Path, tokenizer: Path, *, threads: int = 2) -> None:
         try:
-            import onnxruntime
             from tokenizers import Tokenizer
         except ImportError as exc:
             raise ConfigError("the compression model needs onnxruntime and tokenizers") from exc
@@ -46,11 +46,9 @@ class KeepClassifier:
         found.no_truncation()
         self._tokenizer: Any = found
         self._cls, self._sep = int(found.token_to_id("[CLS]")), int(found.token_to_id("[SEP]"))
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        # Spinning threads would take the cores from the event loop and the embedder between prompts.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session: Any = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        # Spinning threads would take the cores from the event loop and the embedder between prompts; the
+        # arena is bounded here by BATCH windows of WINDOW tokens.
+        self._session: Any = cpu_session(model, threads=threads, spin=False, arena=True)
 
     @classmethod
     def packaged(cls, *, threads: int = 2) -> KeepClassifier:
