@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from functools import partial
@@ -96,9 +97,10 @@ def open_entry_store(settings: Settings, storage: Storage) -> EntryStore:
 def build_cache(settings: Settings, *, storage: Storage | None = None,
                 load_embedder: Callable[[], Embedder] | None = None,
                 load_spaces: Callable[[], Spaces] | None = None,
-                clock: Callable[[], float] = time.time) -> SemanticCache:
+                clock: Callable[[], float] = time.time,
+                draw: Callable[[], float] = random.random) -> SemanticCache:
     """The cache on `storage` (the configured one if None) with the configured embedders, or the spaces or
-    the one embedder given."""
+    the one embedder given; `draw` decides audits (a random number in [0, 1))."""
     storage = storage or build_storage(settings)
     if load_spaces is None:
         load_spaces = _single(load_embedder) if load_embedder else partial(configured_spaces, settings)
@@ -106,6 +108,8 @@ def build_cache(settings: Settings, *, storage: Storage | None = None,
         threshold=settings.similarity_threshold, top_k=settings.semantic_top_k, ttl_seconds=settings.ttl_seconds,
         max_entries=settings.max_entries, embed_batch_size=settings.embed_batch_size, flight_wait=settings.flight_wait,
         max_age_seconds=settings.cache_retention_days * 24 * 3600,
+        max_false_hit_rate=settings.max_false_hit_rate, audit_rate=settings.audit_rate,
+        learn=settings.learn_thresholds,
     )
     return SemanticCache(
         open_store=partial(open_entry_store, settings, storage),
@@ -114,6 +118,7 @@ def build_cache(settings: Settings, *, storage: Storage | None = None,
         if settings.verify_hits else None,
         policy=policy,
         clock=clock,
+        draw=draw,
     )
 
 

@@ -24,7 +24,8 @@ RawHeaders = list[tuple[bytes, bytes]]
 JSON_HEADERS: RawHeaders = [(b"content-type", b"application/json")]
 SSE_HEADERS: RawHeaders = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 SCOPE_KEY = "semproxy"  # where the request's facts travel in the ASGI scope (an extension key, as ASGI allows)
-CACHE_OUTCOMES = ("exact", "semantic", "miss", "bypass")  # X-Semproxy-Cache; bypass: no lookup was made
+# X-Semproxy-Cache; bypass: no lookup was made; audit: a would-be semantic hit forwarded to be checked
+CACHE_OUTCOMES = ("exact", "semantic", "miss", "audit", "bypass")
 HIT_OUTCOMES = ("exact", "semantic")
 
 
@@ -51,6 +52,8 @@ class RequestFacts:
     cache: str | None = None  # exact | semantic | miss | bypass; None: no cache layer saw it
     similarity: float | None = None  # of a semantic hit
     verdict: str | None = None  # the hit verifier's X-Semproxy-Verdict
+    audit_wrong: bool | None = None  # a compared candidate's answer was not the fresh one (semproxy.cache.learning)
+    audit_weight: float | None = None  # an audit's weight in the served wrong-hit rate: (1 - p) / p
     prompt_tokens_saved: int = 0  # system-prompt tokens compression removed
     upstream: str | None = None  # whose answer it is
     attempts: list[Attempt] = dataclasses.field(default_factory=list)

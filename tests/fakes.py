@@ -108,6 +108,8 @@ class FakeOpenAI:
         self.finished_streams = 0
         self.extra_headers: dict[str, str] = {"x-request-id": "req-fake"}
         self.models = ["fake-model"]  # what GET /v1/models lists
+        # A completion's text from its prompt (the same answer every time, as at temperature 0); None: numbered
+        self.answer: Callable[[str], str] | None = None
 
     # ------------------------------------------------------------ answers
 
@@ -128,7 +130,8 @@ class FakeOpenAI:
             if body.get("stream"):
                 headers = {"content-type": "text/event-stream", **self.extra_headers}
                 return 200, headers, self._stream(kind, body, len(self.calls))
-            return 200, self._json_headers(), _once(json.dumps(_completion(kind, body, len(self.calls))).encode())
+            completion = _completion(kind, body, len(self.calls), self.answer)
+            return 200, self._json_headers(), _once(json.dumps(completion).encode())
         if call.method == "GET" and route == "/models":
             models = {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "fake"} for m in self.models]}
             return 200, self._json_headers(), _once(json.dumps(models).encode())
@@ -239,8 +242,9 @@ def _prompt(kind: str, body: dict[str, Any]) -> str:
     return str(body.get("prompt"))
 
 
-def _completion(kind: str, body: dict[str, Any], number: int) -> dict[str, Any]:
-    text = f"answer #{number} to: {_prompt(kind, body)}"
+def _completion(kind: str, body: dict[str, Any], number: int,
+                answer: Callable[[str], str] | None = None) -> dict[str, Any]:
+    text = f"answer #{number} to: {_prompt(kind, body)}" if answer is None else answer(_prompt(kind, body))
     usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
     if kind == "chat":
         choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},

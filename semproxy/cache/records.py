@@ -14,7 +14,8 @@ Tier = Literal["exact", "semantic"]
 # The kinds of reason the verifier and its rules give, longest first. A rule's reason quotes the prompts ("name
 # Anna instead of cached Berta"); where that would show one person's prompt to another, or keep it in the request
 # log, only its kind is given.
-REASON_KINDS = ("negation on one side", "direction reversed", "no rule objects", "roles exchanged", "answer shape",
+REASON_KINDS = ("proved wrong", "learned",
+                "negation on one side", "direction reversed", "no rule objects", "roles exchanged", "answer shape",
                 "same words", "written in", "opposites", "not read", "numbers", "names", "name", "read", "score")
 
 
@@ -56,12 +57,33 @@ class Embedding:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class AuditPlan:
+    """A candidate whose answer is to be compared with the fresh one (semproxy.cache.learning)."""
+
+    entry: CacheEntry
+    score: float  # the verifier's score of the pair (the similarity when the verifier is off)
+    similarity: float
+    probability: float  # of the draw that chose an audit; 0 for a refused candidate (compared for free)
+
+    @property
+    def audit(self) -> bool:
+        """A would-be hit forwarded to be checked (it costs an upstream call); else a refused candidate."""
+        return self.probability > 0
+
+    @property
+    def weight(self) -> float:
+        """How many served hits this audit stands for in the served wrong-hit rate: (1 - p) / p."""
+        return (1 - self.probability) / self.probability if self.audit else 0.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Lookup:
     """The outcome of a lookup: a hit, or a miss that carries the embedding so storing needn't redo it."""
 
     hit: CacheHit | None
     embedding: Embedding | None = None
     rejected: Verdict | None = None  # why the nearest semantic candidate was not served, if one was found
+    compare: AuditPlan | None = None  # an answer to compare with the fresh one, once it comes
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

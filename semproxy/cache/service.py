@@ -11,6 +11,8 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
+import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,12 +23,13 @@ import anyio.to_thread
 
 from semproxy.cache.batching import BatchingEmbedder
 from semproxy.cache.keys import tenant_id
-from semproxy.cache.records import CacheHit, Embedding, Lookup, Verdict
+from semproxy.cache.learning import History, Learner
+from semproxy.cache.records import AuditPlan, CacheHit, Embedding, Lookup, Verdict
 from semproxy.cache.spaces import Placement, Spaces
 from semproxy.cache.store import EntryStore
 from semproxy.cache.text import PromptFacts, analyze
 from semproxy.cache.verifier import Candidate, Verifier
-from semproxy.storage.records import CacheEntry, CacheKey, NewEntry, Relocation, Unplaced, Vector
+from semproxy.storage.records import CacheEntry, CacheKey, NewEntry, Observation, Relocation, Unplaced, Vector
 
 log = logging.getLogger("semproxy.cache")
 
@@ -44,6 +47,9 @@ class CachePolicy:
     maintenance_seconds: float = 30.0
     flight_wait: float = 10.0  # longest wait for another replica's identical request before forwarding anyway
     relocate_batch: int = 16  # entries re-embedded per step in the background (live prompts wait at most one)
+    max_false_hit_rate: float = 0.02  # the budget the learned bars keep served hits within
+    audit_rate: float = 0.05  # the least share of would-be semantic hits audited (0: none)
+    learn: bool = True  # apply what comparisons learned (per entry and per scope); off: audits only measure
 
 
 class SemanticCache:
@@ -57,8 +63,11 @@ class SemanticCache:
         policy: CachePolicy,
         load_verifier: Callable[[str], Verifier | None] | None = None,
         clock: Callable[[], float] = time.time,
+        draw: Callable[[], float] = random.random,
     ) -> None:
         self.policy = policy
+        self._draw = draw
+        self.learner = Learner(budget=policy.max_false_hit_rate, read=self._history)
         self._load_verifier = load_verifier
         self._verifiers: dict[str, Verifier | None] = {}  # by embedder name: each was fitted on one model's vectors
         self._facts: Callable[[str, str], PromptFacts] = functools.lru_cache(maxsize=8192)(analyze)
@@ -183,8 +192,9 @@ class SemanticCache:
 
     # ---------------------------------------------------------------- lookups
 
-    async def lookup(self, key: CacheKey, *, threshold: float | None = None) -> Lookup:
-        """Find a stored answer for the request; never raises."""
+    async def lookup(self, key: CacheKey, *, threshold: float | None = None, comparable: bool = False) -> Lookup:
+        """Find a stored answer for the request; never raises. `comparable`: the request's answer is
+        reproducible, so a candidate's answer may be compared with the fresh one (audited)."""
         if self._store is None:
             return Lookup(hit=None)
         try:
@@ -194,7 +204,8 @@ class SemanticCache:
         except Exception:
             log.exception("exact lookup failed; forwarding uncached")
             return Lookup(hit=None)
-        return await self._lookup_semantic(key, self.policy.threshold if threshold is None else threshold)
+        return await self._lookup_semantic(key, self.policy.threshold if threshold is None else threshold,
+                                           comparable)
 
     async def _lookup_exact(self, store: EntryStore, key: CacheKey) -> CacheHit | None:
         # A primary-key read from SQLite takes ~12 µs here; a hop to a worker thread and back ~100 µs. So
@@ -216,24 +227,25 @@ class SemanticCache:
         embedder = None if placement is None else self._embedders.get(placement.model)
         return None if placement is None or embedder is None else (placement, embedder)
 
-    async def _lookup_semantic(self, key: CacheKey, threshold: float) -> Lookup:
+    async def _lookup_semantic(self, key: CacheKey, threshold: float, comparable: bool) -> Lookup:
         try:
             placed = self._place(key.prompt)
             if placed is None or key.prompt is None:
                 return Lookup(hit=None)
             placement, embedder = placed
             # The search runs on the model thread right after the forward pass: one thread hop, not two.
-            found = await embedder.embed_then(key.prompt, lambda v: self._nearest(key, placement, v, threshold))
+            found = await embedder.embed_then(key.prompt, lambda v: self._judged(
+                key, comparable, *self._nearest(key, placement, v, threshold)))
             if found is None:
                 return Lookup(hit=None)
-            vector, (hit, rejected) = found
+            vector, (hit, rejected, compare) = found
         except Exception:
             log.exception("semantic lookup failed; forwarding uncached")
             return Lookup(hit=None)
         if hit is not None:
             self._touch(hit.entry.id)
             self._spawn(self._write(self._alias, key.exact, hit.entry.id), write=True)
-        return Lookup(hit=hit, embedding=Embedding(placement.space, vector), rejected=rejected)
+        return Lookup(hit=hit, embedding=Embedding(placement.space, vector), rejected=rejected, compare=compare)
 
     @contextlib.asynccontextmanager
     async def replica_flight(self, key: CacheKey, *, threshold: float | None = None) -> AsyncIterator[CacheHit | None]:
@@ -307,6 +319,50 @@ class SemanticCache:
             return None, verdicts[0] if verdicts else None
         entry, similarity, _ = usable[chosen]
         return CacheHit(entry=entry, tier="semantic", similarity=similarity, verdict=verdicts[chosen]), None
+
+    def _judged(self, key: CacheKey, comparable: bool, hit: CacheHit | None,
+                rejected: Verdict | None) -> tuple[CacheHit | None, Verdict | None, AuditPlan | None]:
+        """What audits learned, applied to the hit the verifier chose: served, audited, or refused (and then
+        compared for free when the request is reproducible). See semproxy.cache.learning."""
+        if hit is None or hit.similarity is None:
+            return hit, rejected, None
+        score = hit.verdict.score if hit.verdict is not None else hit.similarity
+        refusal = self._refusal(key, hit.entry, score) if self.policy.learn else None
+        if refusal is not None:
+            free = AuditPlan(entry=hit.entry, score=score, similarity=hit.similarity, probability=0.0)
+            return None, refusal, free if comparable else None
+        if comparable and self.policy.audit_rate > 0:
+            chance = (self.learner.record(key.scope).audit_probability(self.policy.audit_rate)
+                      if self.policy.learn else self.policy.audit_rate)
+            if self._draw() < chance:
+                return None, None, AuditPlan(entry=hit.entry, score=score, similarity=hit.similarity,
+                                             probability=chance)
+        return hit, None, None
+
+    def _refusal(self, key: CacheKey, entry: CacheEntry, score: float) -> Verdict | None:
+        if entry.wrong_above is not None and score <= entry.wrong_above:
+            return Verdict(accepted=False, score=score, reason=f"proved wrong: this answer was not the answer to a "
+                                                               f"prompt scored {entry.wrong_above:.3f}")
+        bar = self.learner.record(key.scope).bar
+        if score <= bar and bar > -math.inf:
+            return Verdict(accepted=False, score=score,
+                           reason=f"learned: audits of this scope found wrong hits up to score {bar:.3f}")
+        return None
+
+    async def observe(self, key: CacheKey, compared: AuditPlan, *, wrong: bool, asked_at: float) -> None:
+        """Keep what comparing a candidate's answer with the fresh one found; never raises."""
+        if self._store is None:
+            return
+        observation = Observation(tenant=key.tenant, scope=key.scope, entry_id=compared.entry.id,
+                                  score=compared.score, wrong=wrong, at=asked_at)
+        try:
+            await self._write(self._store.record, observation)
+        except Exception:
+            log.exception("storing an audit's outcome failed; the answer was still delivered")
+        self.learner.forget(key.scope)
+
+    def _history(self, scope: str, limit: int) -> History:
+        return [] if self._store is None else self._store.history(scope, limit)
 
     def _matches(self, entry: CacheEntry, key: CacheKey, now: float) -> bool:
         # The search is per scope already; checking again costs nothing and guards tenant isolation.

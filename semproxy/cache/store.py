@@ -1,6 +1,6 @@
 """The cache's storage seam: entries looked up by exact key or by nearest vector inside a scope and space.
 
-    SemanticCache --get / nearest / put / alias / sweep / unplaced / relocate--> EntryStore
+    SemanticCache --get / nearest / put / alias / sweep / unplaced / relocate / record / history--> EntryStore
         EmbeddedStore (here): SQLite rows (the source of truth) + FAISS indexes per scope and space, rebuilt at start
         PostgresEntries (semproxy.storage.pgvector): one table with a pgvector column, shared by replicas
 
@@ -15,7 +15,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from semproxy.cache.index import FaissIndex
-from semproxy.storage.records import CacheEntry, Candidates, NewEntry, Relocation, Removed, Unplaced, Vector, partition
+from semproxy.storage.records import (
+    CacheEntry,
+    Candidates,
+    NewEntry,
+    Observation,
+    Relocation,
+    Removed,
+    Unplaced,
+    Vector,
+    partition,
+)
 from semproxy.storage.sqlite import SqliteStorage
 
 
@@ -67,6 +77,14 @@ class EntryStore(Protocol):
 
     def maintain(self) -> None:
         """Slow background upkeep of the vector search (may take seconds; runs off the write path)."""
+        ...
+
+    def record(self, observation: Observation) -> None:
+        """Keep what comparing a cached answer with a fresh one found (a wrong one marks its entry)."""
+        ...
+
+    def history(self, scope: str, limit: int) -> list[tuple[float, bool]]:
+        """The scope's latest comparisons, (score, wrong), newest first, from every replica."""
         ...
 
     def close(self) -> None:
@@ -165,6 +183,12 @@ class EmbeddedStore:
 
     def unplaced(self, is_current: Callable[[str], bool], *, after: int, limit: int) -> list[Unplaced]:
         return self.storage.unplaced(is_current, after=after, limit=limit)
+
+    def record(self, observation: Observation) -> None:
+        self.storage.record_audit(observation)
+
+    def history(self, scope: str, limit: int) -> list[tuple[float, bool]]:
+        return self.storage.audit_history(scope, limit)
 
     def relocate(self, moves: Sequence[Relocation]) -> None:
         before = {e.id: e for e in self.storage.get_entries([m.id for m in moves])}

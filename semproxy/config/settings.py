@@ -73,6 +73,10 @@ class Settings:
     semantic_top_k: int = 4
     verify_hits: bool = True  # the hit verifier checks every semantic candidate (see semproxy/cache/verifier.py)
     max_false_hit_rate: float = 0.02  # the verifier's error budget, measured on its calibration data
+    # Audited hits (docs/verifier.md): the least share of would-be semantic hits of reproducible requests
+    # (temperature 0 or a seed) forwarded anyway and compared with the cached answer (0: none)
+    audit_rate: float = 0.05
+    learn_thresholds: bool = True  # raise the bar per entry and per scope where comparisons found wrong hits
     ttl_seconds: int = 7 * 24 * 3600
     # No cache entry (nor stored compression) is kept longer, whatever its TTL: X-Semproxy-TTL and
     # ttl_seconds = 0 included; 0 = no limit
@@ -135,6 +139,7 @@ class Settings:
         _check(self.upstream.startswith(("http://", "https://")), "upstream must be an http(s) URL")
         _check(self.semantic_top_k >= 1, "semantic_top_k must be at least 1")
         _check(0.0 < self.max_false_hit_rate <= 1.0, "max_false_hit_rate must be above 0 and at most 1")
+        _check(0.0 <= self.audit_rate <= 1.0, "audit_rate must be between 0 and 1")
         _check(self.ttl_seconds >= 0, "ttl_seconds must be >= 0 (0 means entries never expire)")
         _check(self.cache_retention_days >= 0, "cache_retention_days must be >= 0 (0 means no limit)")
         _check(self.max_entries >= 1, "max_entries must be at least 1")

@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from semproxy.cache.answers import reproducible, same_answer
 from semproxy.cache.keys import make_key, uncacheable_reason
-from semproxy.cache.records import CacheHit, Controls, Lookup, Verdict
+from semproxy.cache.records import AuditPlan, CacheHit, Controls, Lookup, Verdict
 from semproxy.cache.service import SemanticCache
 from semproxy.cache.singleflight import SingleFlight
 from semproxy.config import Settings
@@ -150,13 +151,15 @@ class CacheResponder:
             lookup = Lookup(hit=None, embedding=await self.cache.embed(key))
             await self._forward(scope, receive, send, body, key, request_controls, lookup, "bypass")
             return
-        lookup = await self.cache.lookup(key, threshold=request_controls.threshold)
+        # A reproducible answer can be compared with a candidate's (audited hits); it must be kept to be compared.
+        comparable = request_controls.store and reproducible(body)
+        lookup = await self.cache.lookup(key, threshold=request_controls.threshold, comparable=comparable)
         if lookup.hit is not None:
             await self._send_hit(send, body, lookup.hit)
             return
         async with self.middleware.flights.lead(key.exact) as leader:
             if not leader:  # an identical request just went upstream: its answer is probably stored now
-                lookup = await self.cache.lookup(key, threshold=request_controls.threshold)
+                lookup = await self.cache.lookup(key, threshold=request_controls.threshold, comparable=comparable)
                 if lookup.hit is not None:
                     await self._send_hit(send, body, lookup.hit)
                     return
@@ -165,11 +168,15 @@ class CacheResponder:
                 if hit is not None:
                     await self._send_hit(send, body, hit)
                     return
-                await self._forward(scope, receive, send, body, key, request_controls, lookup, "miss")
+                audit = lookup.compare is not None and lookup.compare.audit
+                await self._forward(scope, receive, send, body, key, request_controls, lookup,
+                                    "audit" if audit else "miss")
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, body: JSON, key: CacheKey,
                        request_controls: Controls, lookup: Lookup, outcome: str) -> None:
         async def store(response: bytes) -> None:
+            if lookup.compare is not None:
+                await self._compare(key, lookup.compare, response)
             await self.cache.put(key, response, embedding=lookup.embedding, ttl_seconds=request_controls.ttl_seconds,
                                  asked_at=self.arrived)
 
@@ -186,6 +193,17 @@ class CacheResponder:
             end = capture.first_byte_at if stream else time.perf_counter()
             if end is not None:
                 self.middleware.latencies.observe(stream=stream, seconds=end - self.started)
+
+    async def _compare(self, key: CacheKey, compared: AuditPlan, fresh: bytes) -> None:
+        """Was the candidate's answer the fresh one? Logged with the request, kept for the learned bars."""
+        same = same_answer(self.kind, compared.entry.response, fresh)
+        if same is None:
+            return
+        self.facts.audit_wrong = not same
+        if compared.audit:
+            self.facts.audit_weight = compared.weight
+        self.facts.similarity = compared.similarity
+        await self.cache.observe(key, compared, wrong=not same, asked_at=self.arrived)
 
     async def _answer_through(self, scope: Scope, receive: Receive, capture: ResponseCapture) -> None:
         """The app's answer, through `capture`; what it held against the budget is given back whatever happens."""

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, exposition, generate_latest
 
 from semproxy.stats.record import RequestRecord
+from semproxy.stats.report import wilson
 
 CONTENT_TYPE = exposition.CONTENT_TYPE_LATEST
 MAX_LABEL_VALUES = 100
@@ -49,8 +50,16 @@ class Metrics:
                                     "max_held_bytes", registry=r)
         self.held_bytes = Gauge("semproxy_held_bytes", "Bytes held for the request log, and answers held to be "
                                 "checked before they are stored", ["purpose"], registry=r)
+        self.audits = Counter("semproxy_audits", "Would-be semantic hits forwarded to be checked, by what the "
+                              "comparison found (right, wrong, not_compared)", ["result"], registry=r)
+        self.refused_compared = Counter("semproxy_refused_candidates_compared", "Candidates the learned bars "
+                                        "refused, compared with the fresh answer for free", ["result"], registry=r)
+        self.audit_cost = Counter("semproxy_audit_cost_usd", "Estimated money audits spent upstream", registry=r)
+        self.wrong_hit_rate = Gauge("semproxy_served_wrong_hit_rate", "Share of served semantic hits that audits "
+                                    "found wrong since start, with its 95 % interval", ["bound"], registry=r)
         if cache_entries is not None:
             self.cache_entries.set_function(cache_entries)
+        self._weights = [0.0, 0.0, 0.0]  # audits' weight, weight of the wrong ones, sum of squared weights
         self._labels: dict[str, set[str]] = {}
         self._lock = threading.Lock()
         self._sent = self._before = 0
@@ -75,6 +84,27 @@ class Metrics:
         self.saved_cost.labels("compression").inc(record.cost_saved_compression)
         if not record.hit and record.prompt_tokens:
             self._compression(record.prompt_tokens, record.compression_saved_tokens)
+        if record.outcome == "audit":
+            self._audit(record)
+        elif record.audit_wrong is not None:
+            self.refused_compared.labels("wrong" if record.audit_wrong else "right").inc()
+
+    def _audit(self, record: RequestRecord) -> None:
+        result = "not_compared" if record.audit_wrong is None else "wrong" if record.audit_wrong else "right"
+        self.audits.labels(result).inc()
+        self.audit_cost.inc(record.cost_audit)
+        if record.audit_wrong is None or not record.audit_weight:
+            return
+        with self._lock:
+            w = self._weights
+            w[0] += record.audit_weight
+            w[1] += record.audit_weight * record.audit_wrong
+            w[2] += record.audit_weight ** 2
+            interval = wilson(w[1], w[0], effective=w[0] ** 2 / w[2])
+            self.wrong_hit_rate.labels("estimate").set(w[1] / w[0])
+        if interval is not None:
+            self.wrong_hit_rate.labels("low").set(interval[0])
+            self.wrong_hit_rate.labels("high").set(interval[1])
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -53,7 +53,7 @@ class RequestRecord:
     endpoint: str
     method: str
     status: int
-    outcome: str  # exact | semantic | miss | bypass
+    outcome: str  # exact | semantic | miss | audit | bypass
     stream: bool
     similarity: float | None
     verdict: str | None
@@ -72,6 +72,9 @@ class RequestRecord:
     priced: bool  # whether the model had a price
     prompt_hash: str | None
     prompt_text: str | None
+    audit_wrong: bool | None = None  # a compared candidate's answer was not the fresh one (None: not compared)
+    audit_weight: float | None = None  # an audit's weight in the served wrong-hit rate
+    cost_audit: float = 0.0  # USD an audit spent upstream
 
     @property
     def hit(self) -> bool:
@@ -129,6 +132,8 @@ def finish(observed: Observed, *, prices: PriceTable, count: Counter, hash_key: 
         priced=price is not None,
         prompt_hash=_hash(hash_key, prompt.last) if prompt.last else None,
         prompt_text=prompt.last[:prompt_chars] if prompt.last and prompt_chars else None,
+        audit_wrong=facts.audit_wrong, audit_weight=facts.audit_weight,
+        cost_audit=price.cost(prompt_tokens, completion_tokens) if price and outcome == "audit" else 0.0,
     )
 
 

@@ -76,7 +76,7 @@ def _empty(buckets: int, since: float, seconds: float) -> dict[str, Any]:
 def _shape(s: dict[str, Any]) -> dict[str, Any]:
     """The totals in the report's (documented) shape."""
     n = {k: int(s.get(k) or 0) for k in ("requests", *OUTCOMES, "errors")}
-    lookups = n["exact"] + n["semantic"] + n["miss"]
+    lookups = n["exact"] + n["semantic"] + n["miss"] + n["audit"]
     cost_cache, cost_compression = float(s.get("cost_cache") or 0), float(s.get("cost_compression") or 0)
     return {
         "requests": n["requests"], "errors": n["errors"],
@@ -89,7 +89,40 @@ def _shape(s: dict[str, Any]) -> dict[str, Any]:
                    "saved_unpriced": int(s.get("unpriced") or 0)},
         "cost_saved_usd": {"cache": round(cost_cache, 6), "compression": round(cost_compression, 6),
                            "total": round(cost_cache + cost_compression, 6)},
+        "audits": _audits(n["audit"], s),
     }
+
+
+def _audits(audited: int, s: dict[str, Any]) -> dict[str, Any]:
+    """Audited hits: the served wrong-hit rate they measure, with its 95 % interval, and what they cost.
+
+    An audit drawn with probability p stands for (1 - p) / p served hits, so the rate is a weighted share and
+    its interval a Wilson interval on the weights' effective count, (sum w)^2 / sum w^2."""
+    weight, weight_wrong = float(s.get("audit_weight") or 0), float(s.get("audit_weight_wrong") or 0)
+    squared = float(s.get("audit_weight_squared") or 0)
+    rate = weight_wrong / weight if weight > 0 else None
+    interval = wilson(weight_wrong, weight, effective=weight * weight / squared) if squared > 0 else None
+    return {
+        "audited": audited, "compared": int(s.get("audits_compared") or 0),
+        "wrong": int(s.get("audits_wrong") or 0),
+        "wrong_hit_rate": None if rate is None else round(rate, 4),
+        "interval": None if interval is None else [round(interval[0], 4), round(interval[1], 4)],
+        "confidence": 0.95,
+        "upstream_tokens": int(s.get("audit_tokens") or 0),
+        "upstream_cost_usd": round(float(s.get("cost_audit") or 0), 6),
+        "refused_compared": int(s.get("refused_compared") or 0),
+        "refused_wrong": int(s.get("refused_wrong") or 0),
+    }
+
+
+def wilson(wrong: float, total: float, *, effective: float, z: float = 1.96) -> tuple[float, float] | None:
+    """The Wilson score interval of the share wrong / total, on `effective` trials (95 % by default)."""
+    if total <= 0 or effective <= 0:
+        return None
+    share = wrong / total
+    centre = (share + z * z / (2 * effective)) / (1 + z * z / effective)
+    half = z * math.sqrt(share * (1 - share) / effective + z * z / (4 * effective ** 2)) / (1 + z * z / effective)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _ratio(part: int, whole: int) -> float | None:

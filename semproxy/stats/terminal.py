@@ -35,8 +35,8 @@ def _overview(report: dict[str, Any]) -> Table:
     outcomes, tokens, money = report["outcomes"], report["tokens"], report["cost_saved_usd"]
     rows = [
         ("requests", f"{report['requests']:,}"),
-        ("  exact / semantic / miss / bypass",
-         " / ".join(f"{outcomes[o]:,}" for o in ("exact", "semantic", "miss", "bypass"))),
+        ("  exact / semantic / miss / audit / bypass",
+         " / ".join(f"{outcomes[o]:,}" for o in ("exact", "semantic", "miss", "audit", "bypass"))),
         ("  errors (status >= 400, or no answer)", f"{report['errors']:,}"),
         ("hit rate (hits / lookups)", _percent(report["hit_rate"])),
         ("  exact tier / semantic tier", " / ".join(_percent(report["hit_rate_by_tier"][t])
@@ -50,9 +50,25 @@ def _overview(report: dict[str, Any]) -> Table:
     ]
     if tokens["saved_unpriced"]:
         rows.append(("  saved tokens of models without a price", f"{tokens['saved_unpriced']:,}"))
+    rows.extend(_audit_rows(report["audits"]))
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _audit_rows(audits: dict[str, Any]) -> list[tuple[str, str]]:
+    if not audits["audited"] and not audits["refused_compared"]:
+        return []
+    rate, interval = audits["wrong_hit_rate"], audits["interval"]
+    measured = "-" if rate is None else f"{_percent(rate)} (95 %: {_percent(interval[0])} to {_percent(interval[1])})"
+    return [
+        ("wrong semantic hits served (audited)", measured),
+        ("  audits: compared / wrong", f"{audits['compared']:,} / {audits['wrong']:,}"),
+        ("  audits' upstream cost (est.)",
+         f"{_usd(audits['upstream_cost_usd'])} ({audits['upstream_tokens']:,} tokens)"),
+        ("  refused by learned bars: compared / wrong",
+         f"{audits['refused_compared']:,} / {audits['refused_wrong']:,}"),
+    ]
 
 
 def _latency(latency: dict[str, Any]) -> Table:
@@ -67,12 +83,12 @@ def _latency(latency: dict[str, Any]) -> Table:
 
 def _groups(groups: dict[str, Any]) -> Table:
     table = Table(title=f"by {groups['by']}")
-    for name in (groups["by"], "requests", "hit rate", "tokens saved", "saved (est.)"):
+    for name in (groups["by"], "requests", "hit rate", "tokens saved", "saved (est.)", "wrong hits (audited)"):
         table.add_column(name, justify="left" if name == groups["by"] else "right")
     for row in groups["rows"]:
         saved = row["tokens"]["saved_by_cache"] + row["tokens"]["saved_by_compression"]
         table.add_row(str(row["key"] or "-"), f"{row['requests']:,}", _percent(row["hit_rate"]), f"{saved:,}",
-                      _usd(row["cost_saved_usd"]["total"]))
+                      _usd(row["cost_saved_usd"]["total"]), _percent(row["audits"]["wrong_hit_rate"]))
     return table
 
 

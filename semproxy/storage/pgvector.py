@@ -20,7 +20,7 @@ import numpy as np
 from semproxy.errors import ConfigError
 from semproxy.storage.postgres import ERASURE_LOCK, PostgresStorage
 from semproxy.storage.postgres_schema import MIGRATION_LOCK
-from semproxy.storage.records import CacheEntry, Candidates, NewEntry, Relocation, Unplaced, Vector
+from semproxy.storage.records import CacheEntry, Candidates, NewEntry, Observation, Relocation, Unplaced, Vector
 from semproxy.storage.sql import ENTRY_COLUMNS
 
 _EVICTION_LOCK = 0x53454D45  # replicas evict one at a time
@@ -93,6 +93,15 @@ class PostgresEntries:
 
     def maintain(self) -> None:
         """Nothing to do: PostgreSQL maintains the HNSW index as rows come and go (autovacuum cleans it)."""
+
+    def record(self, observation: Observation) -> None:
+        with self.storage.transaction() as db:
+            db.execute("SELECT pg_advisory_xact_lock_shared(%s)", (ERASURE_LOCK,))  # ordered with erasures
+            self.queries.record(db, observation)
+
+    def history(self, scope: str, limit: int) -> list[tuple[float, bool]]:
+        with self.storage.transaction() as db:
+            return self.queries.history(db, scope, limit)
 
     def unplaced(self, is_current: Callable[[str], bool], *, after: int, limit: int) -> list[Unplaced]:
         with self.storage.transaction() as db:

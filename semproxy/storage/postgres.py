@@ -33,7 +33,7 @@ ERASURE_LOCK = 0x53454D52
 
 DIALECT = Dialect(
     entries="semproxy_entries", exact_keys="semproxy_exact_keys", requests="semproxy_requests",
-    erasures="semproxy_erasures", vector="embedding",
+    erasures="semproxy_erasures", audits="semproxy_audits", vector="embedding",
     mark="%s", greatest="greatest", floor="floor({})", to_vector=lambda v: np.asarray(v, dtype=np.float32),
     from_vector=lambda v: np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, dtype=np.float32),
 )

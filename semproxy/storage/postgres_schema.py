@@ -64,6 +64,20 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX semproxy_entries_created ON semproxy_entries (created_at);
     """,
+    # Audited hits (semproxy.cache.learning) and what the request log keeps of them.
+    """
+    ALTER TABLE semproxy_entries ADD COLUMN wrong_above double precision;
+    CREATE TABLE semproxy_audits (
+        id bigserial PRIMARY KEY, tenant text NOT NULL, scope text NOT NULL, entry_id bigint NOT NULL,
+        score double precision NOT NULL, wrong integer NOT NULL, at double precision NOT NULL
+    );
+    CREATE INDEX semproxy_audits_scope ON semproxy_audits (scope, id);
+    CREATE INDEX semproxy_audits_at ON semproxy_audits (at);
+    CREATE INDEX semproxy_audits_tenant ON semproxy_audits (tenant);
+    ALTER TABLE semproxy_requests ADD COLUMN audit_wrong integer;
+    ALTER TABLE semproxy_requests ADD COLUMN audit_weight double precision;
+    ALTER TABLE semproxy_requests ADD COLUMN cost_audit double precision NOT NULL DEFAULT 0;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

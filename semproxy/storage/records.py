@@ -58,6 +58,9 @@ class CacheEntry:
     expires_at: float | None
     space: str | None = None  # the vector's space: model and language (semproxy.cache.spaces)
     vector: Vector | None = dataclasses.field(default=None, repr=False, compare=False)
+    # The highest verifier score at which serving this entry for another prompt proved wrong (an audit or a
+    # comparison found another answer): it is not served again for prompts that score no higher.
+    wrong_above: float | None = None
 
     def expired(self, now: float) -> bool:
         """Whether the entry's TTL has run out."""
@@ -79,6 +82,18 @@ class Relocation:
     id: int
     space: str
     vector: Vector | None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Observation:
+    """One comparison of a cached answer with the upstream's fresh answer to another prompt: was it right?"""
+
+    tenant: str
+    scope: str
+    entry_id: int
+    score: float  # the verifier's score of the (stored, asked) pair
+    wrong: bool
+    at: float  # when its request arrived: if its tenant was erased since, it is not kept
 
 
 Candidates = list[tuple[CacheEntry, float]]  # (entry with its vector, cosine similarity), most similar first

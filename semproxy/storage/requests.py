@@ -16,13 +16,23 @@ GROUP_COLUMNS = frozenset({"model", "tenant", "upstream", "endpoint"})
 _HIT = "outcome IN ('exact', 'semantic')"
 _HITS = f"sum(CASE WHEN {_HIT} THEN 1 ELSE 0 END)"
 SUM_NAMES = ("requests", *CACHE_OUTCOMES, "prompt", "completion", "saved_by_cache", "saved_by_compression",
-             "cost_cache", "cost_compression", "unpriced", "errors")
+             "cost_cache", "cost_compression", "unpriced", "errors",
+             "audits_compared", "audits_wrong", "audit_weight", "audit_weight_wrong", "audit_weight_squared",
+             "cost_audit", "audit_tokens", "refused_compared", "refused_wrong")
+_AUDITED = "outcome = 'audit' AND audit_wrong IS NOT NULL"
+_REFUSED = "outcome <> 'audit' AND audit_wrong IS NOT NULL"
 _SUMS = (
     "count(*), " + ", ".join(f"sum(CASE WHEN outcome = '{o}' THEN 1 ELSE 0 END)" for o in CACHE_OUTCOMES) + ", "
     "sum(prompt_tokens), sum(completion_tokens), sum(hit_saved_tokens), sum(compression_saved_tokens), "
     "sum(cost_saved_hit), sum(cost_saved_compression), "
     "sum(CASE WHEN priced <> 0 THEN 0 ELSE hit_saved_tokens + compression_saved_tokens END), "
-    "sum(CASE WHEN status >= 400 OR status = 0 THEN 1 ELSE 0 END)"
+    "sum(CASE WHEN status >= 400 OR status = 0 THEN 1 ELSE 0 END), "
+    f"sum(CASE WHEN {_AUDITED} THEN 1 ELSE 0 END), sum(CASE WHEN {_AUDITED} THEN audit_wrong ELSE 0 END), "
+    f"sum(CASE WHEN {_AUDITED} THEN audit_weight ELSE 0 END), "
+    f"sum(CASE WHEN {_AUDITED} THEN audit_weight * audit_wrong ELSE 0 END), "
+    f"sum(CASE WHEN {_AUDITED} THEN audit_weight * audit_weight ELSE 0 END), sum(cost_audit), "
+    "sum(CASE WHEN outcome = 'audit' THEN prompt_tokens + completion_tokens ELSE 0 END), "
+    f"sum(CASE WHEN {_REFUSED} THEN 1 ELSE 0 END), sum(CASE WHEN {_REFUSED} THEN audit_wrong ELSE 0 END)"
 )
 TIMELINE_NAMES = ("requests", "hits", "misses", "tokens_saved", "cost_saved_usd", "hit_ms", "miss_ms")
 

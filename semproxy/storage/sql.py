@@ -19,7 +19,7 @@ import dataclasses
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
-from semproxy.storage.records import CacheEntry, NewEntry, Relocation, Removed, Unplaced, Vector
+from semproxy.storage.records import CacheEntry, NewEntry, Observation, Relocation, Removed, Unplaced, Vector
 
 Connection = Any  # a DB-API connection: sqlite3's or psycopg's (both have .execute and .cursor)
 
@@ -32,6 +32,7 @@ class Dialect:
     exact_keys: str
     requests: str
     erasures: str  # tenants erased lately, and when (one such table in each file that holds their rows)
+    audits: str  # comparisons of cached answers with fresh ones (semproxy.cache.learning)
     vector: str  # the column that holds an entry's embedding
     mark: str  # the parameter placeholder
     greatest: str  # the two-argument maximum
@@ -90,7 +91,7 @@ class ErasureQueries:
 
 
 ENTRY_COLUMNS = ("e.id, e.kind, e.tenant, e.scope, e.model, e.prompt, e.response, e.created_at, e.expires_at, "
-                 "e.space")
+                 "e.space, e.wrong_above")
 
 
 class EntryQueries:
@@ -143,12 +144,13 @@ class EntryQueries:
         return {row[0]: int(row[1]) for row in db.execute(sql).fetchall()}
 
     def entry(self, row: Sequence[Any]) -> CacheEntry:
-        """A row of ENTRY_COLUMNS, with the vector as an eleventh column if it was selected."""
-        vector = row[10] if len(row) > 10 else None
+        """A row of ENTRY_COLUMNS, with the vector as a twelfth column if it was selected."""
+        vector = row[11] if len(row) > 11 else None
         return CacheEntry(
             id=int(row[0]), kind=row[1], tenant=row[2], scope=row[3], model=row[4], prompt=row[5],
             response=bytes(row[6]), created_at=float(row[7]), expires_at=None if row[8] is None else float(row[8]),
             space=row[9], vector=None if vector is None else self.dialect.from_vector(vector),
+            wrong_above=None if row[10] is None else float(row[10]),
         )
 
     # ---------------------------------------------------------------- writes
@@ -194,6 +196,7 @@ class EntryQueries:
         removed = self.delete_expired(db, now=now)
         if born_after is not None:
             removed += _removed(db.execute(self._born_before, (born_after,)))
+            db.execute(self.dialect.sql("DELETE FROM {audits} WHERE at < {p}"), (born_after,))
         count = self.count(db)
         if count > keep:
             evicted = _removed(db.execute(self._least_used, (count - keep,)))
@@ -203,9 +206,12 @@ class EntryQueries:
     def delete_tenants(self, db: Connection, tenants: Collection[str] | None) -> Removed:
         """Remove every entry (None), or those of these tenants."""
         if tenants is None:
+            db.execute(self.dialect.sql("DELETE FROM {audits}"))
             return _removed(db.execute(self.dialect.sql("DELETE FROM {entries} RETURNING id, scope, space")))
         if not tenants:
             return []
+        db.execute(self.dialect.sql("DELETE FROM {audits} WHERE tenant IN ({marks})",
+                                    marks=self.dialect.marks(len(tenants))), sorted(tenants))
         sql = self.dialect.sql("DELETE FROM {entries} WHERE tenant IN ({marks}) RETURNING id, scope, space",
                                marks=self.dialect.marks(len(tenants)))
         return _removed(db.execute(sql, sorted(tenants)))
@@ -214,6 +220,25 @@ class EntryQueries:
         """Remove these tenants' entries, and keep any request of theirs begun before `now` from storing one."""
         self.erasures.record(db, tenants, now=now)
         return self.delete_tenants(db, tenants)
+
+    # ---------------------------------------------------------------- what audits learned
+
+    def record(self, db: Connection, observation: Observation) -> None:
+        """Keep a comparison, unless its tenant was erased meanwhile; a wrong one raises its entry's bar."""
+        o = observation
+        if self.erasures.erased_after(db, o.tenant, o.at):
+            return
+        db.execute(self.dialect.sql("INSERT INTO {audits} (tenant, scope, entry_id, score, wrong, at) "
+                                    "VALUES ({marks})", marks=self.dialect.marks(6)),
+                   (o.tenant, o.scope, o.entry_id, o.score, int(o.wrong), o.at))
+        if o.wrong:
+            db.execute(self.dialect.sql("UPDATE {entries} SET wrong_above = {greatest}(coalesce(wrong_above, {p}), "
+                                        "{p}) WHERE id = {p}"), (o.score, o.score, o.entry_id))
+
+    def history(self, db: Connection, scope: str, limit: int) -> list[tuple[float, bool]]:
+        """The scope's latest comparisons, (score, wrong), newest first."""
+        sql = self.dialect.sql("SELECT score, wrong FROM {audits} WHERE scope = {p} ORDER BY id DESC LIMIT {p}")
+        return [(float(row[0]), bool(row[1])) for row in db.execute(sql, (scope, limit)).fetchall()]
 
     # ---------------------------------------------------------------- re-embedding
 

@@ -24,13 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from semproxy.storage.records import CacheEntry, NewEntry, Relocation, Removed, Unplaced, Vector
+from semproxy.storage.records import CacheEntry, NewEntry, Observation, Relocation, Removed, Unplaced, Vector
 from semproxy.storage.requests import LogQueries
 from semproxy.storage.sql import Dialect, EntryQueries
 from semproxy.storage.sqlite_schema import CACHE, COMPRESSIONS, FILES, LOG, migrate
 
 DIALECT = Dialect(
-    entries="entries", exact_keys="exact_keys", requests="requests", erasures="erasures", vector="vector",
+    entries="entries", exact_keys="exact_keys", requests="requests", erasures="erasures", audits="audits",
+    vector="vector",
     mark="?", greatest="max", floor="CAST({} AS INTEGER)",
     to_vector=lambda v: np.asarray(v, dtype=np.float32).tobytes(),
     from_vector=lambda blob: np.frombuffer(blob, dtype=np.float32),
@@ -158,6 +159,15 @@ class SqliteStorage:
         after its request began, nothing was stored."""
         with self.transaction(CACHE) as db:
             return self.entries.put(db, entry, now=now)
+
+    def record_audit(self, observation: Observation) -> None:
+        """Keep a comparison of a cached answer with a fresh one (see EntryQueries.record)."""
+        with self.transaction(CACHE) as db:
+            self.entries.record(db, observation)
+
+    def audit_history(self, scope: str, limit: int) -> list[tuple[float, bool]]:
+        """The scope's latest comparisons, newest first."""
+        return self.entries.history(self.connection(CACHE), scope, limit)
 
     def alias(self, key: str, entry_id: int) -> None:
         """Point another exact key at an entry."""

@@ -78,6 +78,24 @@ MIGRATIONS: tuple[Migration, ...] = (
         UPDATE compressions SET result = json_remove(result, '$.original');
         CREATE INDEX IF NOT EXISTS compressions_created ON compressions(created_at);
     """),
+    # Audited hits (semproxy.cache.learning): each comparison of a cached answer with a fresh one, and on each
+    # entry the highest score at which it proved wrong.
+    Migration(CACHE, """
+        ALTER TABLE entries ADD COLUMN wrong_above REAL;
+        CREATE TABLE IF NOT EXISTS audits (
+            id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, scope TEXT NOT NULL, entry_id INTEGER NOT NULL,
+            score REAL NOT NULL, wrong INTEGER NOT NULL, at REAL NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS audits_scope ON audits(scope, id);
+        CREATE INDEX IF NOT EXISTS audits_at ON audits(at);
+        CREATE INDEX IF NOT EXISTS audits_tenant ON audits(tenant);
+    """),
+    # What an audited request found (1 wrong, 0 right), its weight in the served wrong-hit rate, its cost.
+    Migration(LOG, """
+        ALTER TABLE requests ADD COLUMN audit_wrong INTEGER;
+        ALTER TABLE requests ADD COLUMN audit_weight REAL;
+        ALTER TABLE requests ADD COLUMN cost_audit REAL NOT NULL DEFAULT 0;
+    """),
 )
 
 

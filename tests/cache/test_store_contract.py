@@ -14,7 +14,7 @@ from semproxy.cache.keys import make_key
 from semproxy.cache.store import EntryStore
 from semproxy.config import Settings
 from semproxy.storage import Storage
-from semproxy.storage.records import NewEntry
+from semproxy.storage.records import NewEntry, Observation
 
 DIM = 16
 Opener = Callable[[], tuple[EntryStore, Storage]]
@@ -194,3 +194,36 @@ def test_only_a_shared_store_locks_across_processes(open_store: Opener, backend:
     second.close()  # the session goes back to the pool, its locks released
     third, _ = open_store()
     assert third.flight_lock is not None and third.flight_lock.try_lock("k")
+
+
+def test_comparisons_are_kept_per_scope_mark_wrong_entries_and_go_with_their_tenant(open_store: Opener) -> None:
+    store, storage = open_store()
+    kept = _entry("the food was great", tenant="t1", vector=_unit(1))
+    store.put(kept, now=1.0)
+    found = store.get(kept.key.exact)
+    assert found is not None and found.wrong_above is None
+    scope = kept.key.scope
+    for score, wrong in [(0.91, False), (0.95, True), (0.93, True), (0.99, False)]:
+        store.record(Observation(tenant="t1", scope=scope, entry_id=found.id, score=score, wrong=wrong, at=2.0))
+    assert store.history(scope, 10) == [(0.99, False), (0.93, True), (0.95, True), (0.91, False)]  # newest first
+    assert store.history(scope, 2) == [(0.99, False), (0.93, True)]
+    assert store.history("another scope", 10) == []
+    marked = store.get(kept.key.exact)
+    assert marked is not None and marked.wrong_above == pytest.approx(0.95)  # the highest wrong score stays
+    near = store.nearest(scope, SPACE, _unit(1), 1, min_similarity=0.5)
+    assert near[0][0].wrong_above == pytest.approx(0.95)  # the semantic tier sees it too
+    reopened, _ = open_store()  # another process (or replica) reads the same record
+    assert reopened.history(scope, 10)[0] == (0.99, False)
+    storage.erase_tenants({"t1"}, now=3.0)
+    assert store.history(scope, 10) == []
+    store.record(Observation(tenant="t1", scope=scope, entry_id=found.id, score=0.9, wrong=True, at=2.5))
+    assert store.history(scope, 10) == []  # its request began before the erasure
+
+
+def test_the_retention_removes_old_comparisons(open_store: Opener) -> None:
+    store, _ = open_store()
+    scope = _entry("x").key.scope
+    store.record(Observation(tenant="t", scope=scope, entry_id=1, score=0.9, wrong=True, at=10.0))
+    store.record(Observation(tenant="t", scope=scope, entry_id=1, score=0.8, wrong=False, at=50.0))
+    store.sweep(now=60.0, keep=10, used={}, born_after=20.0)
+    assert store.history(scope, 10) == [(0.8, False)]

@@ -158,7 +158,7 @@ def test_the_report(storage: Storage) -> None:
     _fill(storage, now)
     figures = report.summarize(storage, since_seconds=3600, now=now, buckets=6, by="model")
     assert figures["requests"] == 18 and figures["errors"] == 1
-    assert figures["outcomes"] == {"exact": 6, "semantic": 1, "miss": 10, "bypass": 1}
+    assert figures["outcomes"] == {"exact": 6, "semantic": 1, "miss": 10, "audit": 0, "bypass": 1}
     assert figures["hit_rate"] == round(7 / 17, 4)
     assert figures["hit_rate_by_tier"] == {"exact": round(6 / 17, 4), "semantic": round(1 / 17, 4)}
     assert figures["tokens"]["saved_by_cache"] == 7 * 150
@@ -186,7 +186,8 @@ def test_an_empty_or_missing_log_reports_zeros(tmp_path: Path) -> None:
     assert not (tmp_path / "nothing").exists()  # a report creates no log
     assert figures["requests"] == 0 and figures["hit_rate"] is None and len(figures["timeline"]) == 4
     assert set(figures) == {"window", "requests", "errors", "outcomes", "hit_rate", "hit_rate_by_tier", "tokens",
-                            "cost_saved_usd", "latency_ms", "top_prompts", "timeline"}
+                            "audits", "cost_saved_usd", "latency_ms", "top_prompts", "timeline"}
+    assert figures["audits"]["audited"] == 0 and figures["audits"]["wrong_hit_rate"] is None
 
 
 def test_durations_and_groups_are_checked() -> None:
