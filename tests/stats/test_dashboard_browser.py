@@ -82,6 +82,14 @@ def test_dashboard_draws_live_charts_after_proxied_requests(tmp_path: Path) -> N
         assert page.locator("#chart-hit-rate path.series").count() == 1
         assert page.locator("#chart-latency path.series").count() == 2  # hits and misses
         assert page.locator("#top-prompts tr").count() == 1  # the prompt asked twice, as a hash
+        assert page.text_content("#kpi-audits") == "no audits yet"
+        # At temperature 0 a near prompt in a young scope is audited: the fake upstream's answers differ.
+        for prompt in ("how do I sort a list in python", "how do I sort a python list"):
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}], "temperature": 0}
+            assert httpx.post(server.url + "/v1/chat/completions", json=body, headers=headers).status_code == 200
+        page.wait_for_function("document.getElementById('kpi-audits').textContent.startsWith('1 audits, 1 wrong')",
+                               timeout=15_000)
+        assert page.text_content("#kpi-wrong-hits") == "\u2013"  # (an en dash) an audit drawn with certainty stands for no hit
         assert "error" not in (page.get_attribute("#status", "class") or "")
         ARTIFACTS.mkdir(exist_ok=True)
         shot = page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)

@@ -206,3 +206,29 @@ def test_records_and_the_table_agree(storage: Storage) -> None:
     with storage.reading_log() as db:
         names = [d[0] for d in db.execute(storage.log.dialect.sql("SELECT * FROM {requests} LIMIT 0")).description]
     assert names == ["id", *COLUMNS]
+
+
+def test_audits_give_a_weighted_wrong_hit_rate_their_cost_and_the_free_comparisons(storage: Storage) -> None:
+    now = 1_000_000.0
+    log = _log(storage, retention_days=0)
+    # Drawn at p = 0.5 (weight 1) and p = 0.25 (weight 3), at p = 1 (weight 0), one not compared.
+    for i, (wrong, weight) in enumerate([(True, 1.0), (False, 3.0), (False, 3.0), (True, 0.0), (None, None)]):
+        observed = _observed(now - 100 + i, "audit", tenant="t-audited")
+        observed.facts.audit_wrong, observed.facts.audit_weight = wrong, weight
+        log.submit(observed)
+    refused = _observed(now - 10, "miss")
+    refused.facts.audit_wrong = False  # a refused candidate, compared for free: right
+    log.submit(refused)
+    log.submit(_observed(now - 5, "semantic"))
+    log.close()
+    figures = report.summarize(storage, since_seconds=3600, now=now, by="tenant")
+    audits = figures["audits"]
+    assert figures["outcomes"]["audit"] == 5 and figures["hit_rate"] == round(1 / 7, 4)  # audits are lookups
+    assert (audits["audited"], audits["compared"], audits["wrong"]) == (5, 4, 2)
+    assert audits["wrong_hit_rate"] == round(1 / 7, 4)  # 1 of the 7 served hits the weights stand for
+    low, high = audits["interval"]
+    assert 0 < low < 1 / 7 < high < 1
+    assert (audits["refused_compared"], audits["refused_wrong"]) == (1, 0)
+    assert audits["upstream_tokens"] == 5 * 150 and audits["upstream_cost_usd"] > 0  # gpt-4o-mini has a price
+    rows = {row["key"]: row["audits"] for row in figures["groups"]["rows"]}
+    assert rows["t-audited"]["wrong_hit_rate"] == round(1 / 7, 4) and rows["t1"]["audited"] == 0

@@ -52,3 +52,20 @@ def test_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 def test_the_chart_draws_rates_as_columns() -> None:
     rows = [line.plain for line in chart([0.0, 0.5, 1.0, None], height=2)]
     assert rows == ["  █  100%", " ██· 0%"]  # 0.5 of two rows fills the lower one
+
+
+def test_the_terminal_report_shows_audits_when_there_are_some(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.stats.test_log_and_report import _log, _observed
+
+    log = _log(SqliteStorage(tmp_path), retention_days=0)
+    for wrong in (True, False, False, False):
+        observed = _observed(time.time() - 60, "audit")
+        observed.facts.audit_wrong, observed.facts.audit_weight = wrong, 1.0
+        log.submit(observed)
+    log.close()
+    assert main(["stats", "--data-dir", str(tmp_path), "--since", "1h", "--by", "tenant"]) == 0
+    out = capsys.readouterr().out
+    for line in ("wrong semantic hits served (audited)", "25.0%", "audits: compared / wrong", "4 / 1",
+                 "audits' upstream cost", "wrong hits"):
+        assert line in out
