@@ -8,12 +8,14 @@ nearest POS.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 from semproxy.config import Settings
+from semproxy.storage.records import Observation
 from tests.conftest import Proxy, ProxyFactory
 from tests.fakes import FakeOpenAI, HashingEmbedder, Vector
 
@@ -59,6 +61,15 @@ def draws(*values: float) -> Iterator[float]:
         yield 0.999  # later would-be hits: not audited
 
 
+def seed(proxy: Proxy, count: int, *, score: float = 0.9) -> None:
+    """Give the scope of the prompts above `count` right comparisons at `score`, as if from earlier traffic."""
+    store = proxy.cache._store
+    assert store is not None
+    for _ in range(count):
+        store.record(Observation(tenant=proxy.cache.tenant(api_key="sk-alice", namespace=None),
+                                 scope=_scope(proxy, POS), entry_id=0, score=score, wrong=False, at=time.time()))
+
+
 async def ask(proxy: Proxy, prompt: str) -> tuple[str, str, str]:
     response = await proxy.chat(prompt, temperature=0)
     assert response.status_code == 200
@@ -71,8 +82,9 @@ async def test_a_wrong_hit_found_by_an_audit_is_not_served_again(make_proxy: Pro
                                                                 answering: FakeOpenAI) -> None:
     chances = draws(0.0)
     proxy = await make_proxy(embedder=ChosenVectors(), draw=lambda: next(chances))
+    seed(proxy, 200)  # the scope's record is clear: audits at 20 / 220
     assert (await ask(proxy, POS))[:2] == ("miss", "yes")
-    # The young scope audits its first would-be hit: NEG gets its own fresh answer, and POS proves wrong for it.
+    # NEG is drawn for an audit: it gets its own fresh answer, and POS proves wrong for it.
     assert (await ask(proxy, NEG))[:2] == ("audit", "no")
     assert len(answering.completions()) == 2
     # MID scores below the score at which POS proved wrong: refused, forwarded, compared for free (and right).
@@ -87,7 +99,19 @@ async def test_a_wrong_hit_found_by_an_audit_is_not_served_again(make_proxy: Pro
     assert figures["outcomes"]["audit"] == 2 and audits["audited"] == 2
     assert (audits["compared"], audits["wrong"]) == (2, 1)
     assert (audits["refused_compared"], audits["refused_wrong"]) == (1, 0)
-    assert audits["wrong_hit_rate"] is None  # an audit drawn with certainty stands for no served hit
+    assert audits["wrong_hit_rate"] == 1.0  # NEG's audit stands for 10 served hits, CLOSE's (drawn at 1) for none
+
+
+async def test_a_young_scope_is_audited_with_certainty_and_one_wrong_hit_raises_its_bar(
+        make_proxy: ProxyFactory, answering: FakeOpenAI) -> None:
+    proxy = await make_proxy(embedder=ChosenVectors(), draw=lambda: 0.999)
+    await ask(proxy, POS)
+    assert (await ask(proxy, NEG))[:2] == ("audit", "no")  # no record: the chance is 1
+    record = proxy.cache.learner.record(_scope(proxy, NEG))
+    assert record.bar == pytest.approx(0.95, abs=1e-3) and record.above == 0
+    outcome, answer, verdict = await ask(proxy, MID)  # below the bar (and POS proved wrong above it)
+    assert (outcome, answer) == ("miss", "yes") and verdict.startswith("reject")
+    assert await _history(proxy) == [(pytest.approx(0.93, abs=1e-3), False), (pytest.approx(0.95, abs=1e-3), True)]
 
 
 async def test_a_scope_whose_audits_are_right_keeps_serving_and_audits_less(make_proxy: ProxyFactory,
@@ -97,8 +121,8 @@ async def test_a_scope_whose_audits_are_right_keeps_serving_and_audits_less(make
     await ask(proxy, POS)
     assert (await ask(proxy, CLOSE))[:2] == ("audit", "yes")  # right: the record grows
     record = proxy.cache.learner.record(_scope(proxy, CLOSE))
-    assert record.above == 1 and record.audit_probability(0.05) == pytest.approx(10 / 11)
-    assert (await ask(proxy, CLOSE2))[:2] == ("semantic", "yes")  # drawn above 10/11: served
+    assert record.above == 1 and record.audit_probability(0.05) == pytest.approx(20 / 21)
+    assert (await ask(proxy, CLOSE2))[:2] == ("semantic", "yes")  # drawn above 20/21: served
     assert len(answering.completions()) == 2
 
 
@@ -128,10 +152,13 @@ async def test_what_one_replica_learned_the_other_applies(make_proxy: ProxyFacto
     chances = draws(0.0)
     a = await make_proxy(settings=shared, embedder=ChosenVectors(), draw=lambda: next(chances))
     b = await make_proxy(settings=shared, embedder=ChosenVectors(), draw=lambda: 0.999)
+    seed(a, 200)
     await ask(a, POS)
     assert (await ask(a, NEG))[:2] == ("audit", "no")  # wrong: replica a stores what it found
     outcome, answer, verdict = await ask(b, MID)
     assert (outcome, answer) == ("miss", "yes") and "proved wrong" in verdict
+    # Above the bar a's record has no comparison yet, so b audits there with certainty.
+    assert (await ask(b, CLOSE))[:2] == ("audit", "yes")
 
 
 @pytest.mark.usefixtures("offline_encodings")
@@ -150,3 +177,11 @@ async def test_metrics_count_audits_and_the_served_wrong_hit_rate(make_proxy: Pr
     assert 'semproxy_served_wrong_hit_rate{bound="estimate"} 0.5' in metrics
     audits = (await proxy.client.get("/semproxy/api/stats?since=15m")).json()["audits"]
     assert audits["wrong_hit_rate"] == 0.5 and audits["interval"][0] < 0.5 < audits["interval"][1]
+
+
+async def _history(proxy: Proxy) -> list[tuple[float, bool]]:
+    store = proxy.cache._store
+    assert store is not None
+    await proxy.cache.close()  # the comparison's write is flushed
+    await proxy.cache.start()
+    return store.history(_scope(proxy, POS), 10)

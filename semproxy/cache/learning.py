@@ -16,9 +16,12 @@ Only requests whose answers are reproducible (temperature 0 or a seed) are compa
   scores no higher (`CacheEntry.wrong_above`);
 - **per scope** (one tenant's requests with the same model, system prompt and parameters): the lowest score
   at which the candidates served would be wrong at most `max_false_hit_rate` of the time. Walking down from
-  the best-scored comparisons, the wrong share of those above is estimated with a prior worth `PRIOR`
-  comparisons at half the budget, and the bar stops at the first comparison where it passes the budget. A
+  the best-scored comparisons, the bar stops at the first one where the wrong ones so far outnumber the
+  budget's share of all so far (the first wrong one stops it unless 1 / budget right ones lie above it). A
   young scope, with no comparison yet, is served at the verifier's own point, and audited the most.
+
+A wrong comparison also drops the entry's aliases (the prompts it was served for as a semantic hit, which
+would get it again as exact hits): their repeats are judged again under the new bars.
 
 Comparisons are stored (both stores, all replicas see them); each process keeps each scope's record for
 `REFRESH_SECONDS` and re-reads it after a comparison of its own.
@@ -33,8 +36,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-PRIOR = 20  # comparisons' worth of belief that a scope is as good as the budget says, before any evidence
-EXPLORE = 10  # audit probability starts at 1 and halves once a scope has this many comparisons above its bar
+EXPLORE = 20  # audit probability starts at 1 and halves once a scope has this many comparisons above its bar
 HISTORY = 2000  # latest comparisons of a scope taken into account
 REFRESH_SECONDS = 5.0
 MAX_SCOPES = 4096  # records kept in memory (each at most HISTORY pairs of numbers)
@@ -50,7 +52,7 @@ class ScopeRecord:
     above: int  # comparisons scoring above the bar (how clear the record is where hits are served)
 
     def audit_probability(self, rate: float) -> float:
-        """How likely a would-be hit is audited: 1 in a scope with no record, `rate` once it is clear."""
+        """How likely a would-be hit is audited: high where few comparisons back the bar, `rate` once many do."""
         if rate <= 0:
             return 0.0
         return max(rate, min(1.0, EXPLORE / (EXPLORE + self.above)))
@@ -59,12 +61,12 @@ class ScopeRecord:
 def learn(history: History, budget: float) -> ScopeRecord:
     """The bar for a scope's candidates, from its comparisons (see the module's docstring)."""
     ranked = sorted(history, key=lambda pair: -pair[0])
-    wrong = seen = 0
-    for score, was_wrong in ranked:
-        seen, wrong = seen + 1, wrong + int(was_wrong)
-        if (wrong + PRIOR * budget / 2) / (seen + PRIOR) > budget:
+    wrong = 0
+    for seen, (score, was_wrong) in enumerate(ranked, start=1):
+        wrong += int(was_wrong)
+        if wrong > budget * seen:
             return ScopeRecord(bar=score, above=seen - 1)
-    return ScopeRecord(bar=-math.inf, above=seen)
+    return ScopeRecord(bar=-math.inf, above=len(ranked))
 
 
 class Learner:

@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import math
 import random
 import threading
 import time
@@ -343,11 +342,11 @@ class SemanticCache:
         if entry.wrong_above is not None and score <= entry.wrong_above:
             return Verdict(accepted=False, score=score, reason=f"proved wrong: this answer was not the answer to a "
                                                                f"prompt scored {entry.wrong_above:.3f}")
-        bar = self.learner.record(key.scope).bar
-        if score <= bar and bar > -math.inf:
-            return Verdict(accepted=False, score=score,
-                           reason=f"learned: audits of this scope found wrong hits up to score {bar:.3f}")
-        return None
+        record = self.learner.record(key.scope)
+        if score > record.bar:
+            return None
+        return Verdict(accepted=False, score=score,
+                       reason=f"learned: this scope's comparisons found wrong hits up to score {record.bar:.3f}")
 
     async def observe(self, key: CacheKey, compared: AuditPlan, *, wrong: bool, asked_at: float) -> None:
         """Keep what comparing a candidate's answer with the fresh one found; never raises."""

@@ -67,6 +67,7 @@ MIGRATIONS: tuple[str, ...] = (
     # Audited hits (semproxy.cache.learning) and what the request log keeps of them.
     """
     ALTER TABLE semproxy_entries ADD COLUMN wrong_above double precision;
+    ALTER TABLE semproxy_exact_keys ADD COLUMN alias integer NOT NULL DEFAULT 0;
     CREATE TABLE semproxy_audits (
         id bigserial PRIMARY KEY, tenant text NOT NULL, scope text NOT NULL, entry_id bigint NOT NULL,
         score double precision NOT NULL, wrong integer NOT NULL, at double precision NOT NULL

@@ -109,8 +109,8 @@ class EntryQueries:
                              marks=d.marks(11))
         self._insert_key = d.sql("INSERT INTO {exact_keys} (key, entry_id) VALUES ({p}, {p})")
         # An alias of an entry that is gone points nowhere: the SELECT finds no row and nothing is written.
-        self._alias = d.sql("INSERT INTO {exact_keys} (key, entry_id) SELECT {p}, id FROM {entries} WHERE id = {p} "
-                            "ON CONFLICT (key) DO UPDATE SET entry_id = excluded.entry_id")
+        self._alias = d.sql("INSERT INTO {exact_keys} (key, entry_id, alias) SELECT {p}, id, 1 FROM {entries} "
+                            "WHERE id = {p} ON CONFLICT (key) DO UPDATE SET entry_id = excluded.entry_id, alias = 1")
         self._touch = d.sql("UPDATE {entries} SET last_used_at = {greatest}(last_used_at, {p}) WHERE id = {p}")
         self._born_before = d.sql("DELETE FROM {entries} WHERE created_at < {p} RETURNING id, scope, space")
         self._expired = d.sql("DELETE FROM {entries} WHERE expires_at IS NOT NULL AND expires_at <= {p} "
@@ -224,7 +224,8 @@ class EntryQueries:
     # ---------------------------------------------------------------- what audits learned
 
     def record(self, db: Connection, observation: Observation) -> None:
-        """Keep a comparison, unless its tenant was erased meanwhile; a wrong one raises its entry's bar."""
+        """Keep a comparison, unless its tenant was erased meanwhile; a wrong one raises its entry's bar and
+        drops its aliases."""
         o = observation
         if self.erasures.erased_after(db, o.tenant, o.at):
             return
@@ -234,6 +235,9 @@ class EntryQueries:
         if o.wrong:
             db.execute(self.dialect.sql("UPDATE {entries} SET wrong_above = {greatest}(coalesce(wrong_above, {p}), "
                                         "{p}) WHERE id = {p}"), (o.score, o.score, o.entry_id))
+            # The prompts it was served for as a semantic hit would get it again as exact hits, never audited:
+            # they go back through the semantic tier, where the bars now apply.
+            db.execute(self.dialect.sql("DELETE FROM {exact_keys} WHERE entry_id = {p} AND alias = 1"), (o.entry_id,))
 
     def history(self, db: Connection, scope: str, limit: int) -> list[tuple[float, bool]]:
         """The scope's latest comparisons, (score, wrong), newest first."""

@@ -78,10 +78,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         UPDATE compressions SET result = json_remove(result, '$.original');
         CREATE INDEX IF NOT EXISTS compressions_created ON compressions(created_at);
     """),
-    # Audited hits (semproxy.cache.learning): each comparison of a cached answer with a fresh one, and on each
-    # entry the highest score at which it proved wrong.
+    # Audited hits (semproxy.cache.learning): each comparison of a cached answer with a fresh one, on each
+    # entry the highest score at which it proved wrong, and which exact keys are a semantic hit's aliases.
     Migration(CACHE, """
         ALTER TABLE entries ADD COLUMN wrong_above REAL;
+        ALTER TABLE exact_keys ADD COLUMN alias INTEGER NOT NULL DEFAULT 0;
         CREATE TABLE IF NOT EXISTS audits (
             id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, scope TEXT NOT NULL, entry_id INTEGER NOT NULL,
             score REAL NOT NULL, wrong INTEGER NOT NULL, at REAL NOT NULL

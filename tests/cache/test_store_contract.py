@@ -212,8 +212,14 @@ def test_comparisons_are_kept_per_scope_mark_wrong_entries_and_go_with_their_ten
     assert marked is not None and marked.wrong_above == pytest.approx(0.95)  # the highest wrong score stays
     near = store.nearest(scope, SPACE, _unit(1), 1, min_similarity=0.5)
     assert near[0][0].wrong_above == pytest.approx(0.95)  # the semantic tier sees it too
+    store.alias("served-semantically", found.id)
+    store.record(Observation(tenant="t1", scope=scope, entry_id=found.id, score=0.9, wrong=False, at=2.0))
+    assert store.get("served-semantically") is not None  # a right comparison leaves the aliases
+    store.record(Observation(tenant="t1", scope=scope, entry_id=found.id, score=0.9, wrong=True, at=2.0))
+    assert store.get("served-semantically") is None  # a wrong one sends them back to the semantic tier
+    assert store.get(kept.key.exact) is not None  # the entry's own key stays
     reopened, _ = open_store()  # another process (or replica) reads the same record
-    assert reopened.history(scope, 10)[0] == (0.99, False)
+    assert reopened.history(scope, 10)[0] == (0.9, True)
     storage.erase_tenants({"t1"}, now=3.0)
     assert store.history(scope, 10) == []
     store.record(Observation(tenant="t1", scope=scope, entry_id=found.id, score=0.9, wrong=True, at=2.5))

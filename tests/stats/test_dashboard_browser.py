@@ -43,7 +43,8 @@ def test_dashboard_draws_live_charts_after_proxied_requests(tmp_path: Path) -> N
     sync_api = pytest.importorskip("playwright.sync_api")
     executable = _chromium()
     settings = Settings(data_dir=tmp_path / "data", upstream="http://upstream.test/v1", similarity_threshold=0.8,
-                        compression_enabled=False, admin_token="dash-token-0123456789", verify_hits=False)
+                        compression_enabled=False, admin_token="dash-token-0123456789", verify_hits=False,
+                        audit_rate=1.0, learn_thresholds=False)  # every near prompt at temperature 0 is audited
     embedder = HashingEmbedder()
     app = build_app(settings, transport=FakeOpenAI().transport(),
                     cache=build_cache(settings, load_embedder=lambda: embedder))
@@ -83,7 +84,7 @@ def test_dashboard_draws_live_charts_after_proxied_requests(tmp_path: Path) -> N
         assert page.locator("#chart-latency path.series").count() == 2  # hits and misses
         assert page.locator("#top-prompts tr").count() == 1  # the prompt asked twice, as a hash
         assert page.text_content("#kpi-audits") == "no audits yet"
-        # At temperature 0 a near prompt in a young scope is audited: the fake upstream's answers differ.
+        # At temperature 0 a near prompt is audited: the fake upstream's answers differ, so it is wrong.
         for prompt in ("how do I sort a list in python", "how do I sort a python list"):
             body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}], "temperature": 0}
             assert httpx.post(server.url + "/v1/chat/completions", json=body, headers=headers).status_code == 200
