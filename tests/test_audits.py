@@ -172,9 +172,11 @@ async def test_metrics_count_audits_and_the_served_wrong_hit_rate(make_proxy: Pr
     assert (await ask(proxy, CLOSE))[0] == "audit"  # right
     assert proxy.app.log.flush()  # type: ignore[attr-defined]
     metrics = (await proxy.client.get("/metrics")).text
-    assert 'semproxy_audits_total{result="wrong"} 1.0' in metrics
-    assert 'semproxy_audits_total{result="right"} 1.0' in metrics
-    assert 'semproxy_served_wrong_hit_rate{bound="estimate"} 0.5' in metrics
+    tenant = proxy.cache.tenant(api_key="sk-alice", namespace=None)
+    assert f'semproxy_audits_total{{result="wrong",tenant="{tenant}"}} 1.0' in metrics
+    assert f'semproxy_audits_total{{result="right",tenant="{tenant}"}} 1.0' in metrics
+    assert f'semproxy_served_wrong_hit_rate{{bound="estimate",tenant="{tenant}"}} 0.5' in metrics
+    assert 'semproxy_served_wrong_hit_rate{bound="estimate",tenant="all"} 0.5' in metrics
     audits = (await proxy.client.get("/semproxy/api/stats?since=15m")).json()["audits"]
     assert audits["wrong_hit_rate"] == 0.5 and audits["interval"][0] < 0.5 < audits["interval"][1]
 

@@ -51,15 +51,18 @@ class Metrics:
         self.held_bytes = Gauge("semproxy_held_bytes", "Bytes held for the request log, and answers held to be "
                                 "checked before they are stored", ["purpose"], registry=r)
         self.audits = Counter("semproxy_audits", "Would-be semantic hits forwarded to be checked, by what the "
-                              "comparison found (right, wrong, not_compared)", ["result"], registry=r)
+                              "comparison found (right, wrong, not_compared) and tenant", ["result", "tenant"],
+                              registry=r)
         self.refused_compared = Counter("semproxy_refused_candidates_compared", "Candidates the learned bars "
                                         "refused, compared with the fresh answer for free", ["result"], registry=r)
         self.audit_cost = Counter("semproxy_audit_cost_usd", "Estimated money audits spent upstream", registry=r)
         self.wrong_hit_rate = Gauge("semproxy_served_wrong_hit_rate", "Share of served semantic hits that audits "
-                                    "found wrong since start, with its 95 % interval", ["bound"], registry=r)
+                                    "found wrong since start, with its 95 % interval, per tenant (namespace or "
+                                    "key) and for all", ["tenant", "bound"], registry=r)
         if cache_entries is not None:
             self.cache_entries.set_function(cache_entries)
-        self._weights = [0.0, 0.0, 0.0]  # audits' weight, weight of the wrong ones, sum of squared weights
+        # Per tenant label and "all": audits' weight, weight of the wrong ones, sum of squared weights
+        self._weights: dict[str, list[float]] = {}
         self._labels: dict[str, set[str]] = {}
         self._lock = threading.Lock()
         self._sent = self._before = 0
@@ -91,20 +94,23 @@ class Metrics:
 
     def _audit(self, record: RequestRecord) -> None:
         result = "not_compared" if record.audit_wrong is None else "wrong" if record.audit_wrong else "right"
-        self.audits.labels(result).inc()
+        tenant = self._label("tenant", record.tenant)
+        self.audits.labels(result, tenant).inc()
         self.audit_cost.inc(record.cost_audit)
         if record.audit_wrong is None or not record.audit_weight:
             return
+        for label in (tenant, "all"):
+            self._weigh(label, record.audit_weight, wrong=record.audit_wrong)
+
+    def _weigh(self, label: str, weight: float, *, wrong: bool) -> None:
         with self._lock:
-            w = self._weights
-            w[0] += record.audit_weight
-            w[1] += record.audit_weight * record.audit_wrong
-            w[2] += record.audit_weight ** 2
-            interval = wilson(w[1], w[0], effective=w[0] ** 2 / w[2])
-            self.wrong_hit_rate.labels("estimate").set(w[1] / w[0])
+            w = self._weights.setdefault(label, [0.0, 0.0, 0.0])
+            w[0], w[1], w[2] = w[0] + weight, w[1] + weight * wrong, w[2] + weight * weight
+            rate, interval = w[1] / w[0], wilson(w[1], w[0], effective=w[0] ** 2 / w[2])
+        self.wrong_hit_rate.labels(label, "estimate").set(rate)
         if interval is not None:
-            self.wrong_hit_rate.labels("low").set(interval[0])
-            self.wrong_hit_rate.labels("high").set(interval[1])
+            self.wrong_hit_rate.labels(label, "low").set(interval[0])
+            self.wrong_hit_rate.labels(label, "high").set(interval[1])
 
     def render(self) -> bytes:
         """The text exposition format."""

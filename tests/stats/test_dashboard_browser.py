@@ -90,6 +90,8 @@ def test_dashboard_draws_live_charts_after_proxied_requests(tmp_path: Path) -> N
             assert httpx.post(server.url + "/v1/chat/completions", json=body, headers=headers).status_code == 200
         page.wait_for_function("document.getElementById('kpi-audits').textContent.startsWith('1 audits, 1 wrong')",
                                timeout=15_000)
+        page.wait_for_function("document.querySelectorAll('#audits-by-tenant tr td').length === 4", timeout=15_000)
+        assert [page.text_content(f"#audits-by-tenant td:nth-child({i})") for i in (2, 3)] == ["1", "1"]
         assert page.text_content("#kpi-wrong-hits") == "\u2013"  # a drawn-for-certain audit stands for no hit
         assert "error" not in (page.get_attribute("#status", "class") or "")
         ARTIFACTS.mkdir(exist_ok=True)
