@@ -2,8 +2,8 @@
 
 Only reproducible requests are compared (temperature 0, or a seed): otherwise two answers to one prompt
 differ anyway. Short answers (a label, a number, a name: at most SHORT_WORDS words) and structured ones (JSON,
-code, tool calls) must be equal once case, spacing and end punctuation are set aside; JSON and tool arguments
-are compared parsed. Longer prose counts as the same answer when its words match at RATIO or more
+code, tool calls) must be equal once case, spacing, punctuation and word order are set aside; JSON and tool
+arguments are compared parsed. Longer prose counts as the same answer when its words match at RATIO or more
 (difflib's ratio over the word sequences). That measure is lexical: two answers that say the same thing in
 other words count as different, so the measured wrong-hit rate errs high, never low.
 """
@@ -50,7 +50,7 @@ def same_answer(kind: Kind, cached: bytes, fresh: bytes) -> bool | None:
         return True
     words_a, words_b = a.split(), b.split()
     if min(len(words_a), len(words_b)) <= SHORT_WORDS or "```" in a or "```" in b:
-        return False
+        return _bag(words_a) == _bag(words_b)  # "Paris is the capital." / "The capital is Paris."
     return difflib.SequenceMatcher(None, words_a, words_b, autojunk=False).ratio() >= RATIO
 
 
@@ -95,6 +95,10 @@ def _json(text: str) -> Any:
         return json.loads(stripped)
     except ValueError:
         return None
+
+
+def _bag(words: list[str]) -> list[str]:
+    return sorted(word.strip(".,;:!?\"'()") for word in words)
 
 
 def _plain(text: str) -> str:

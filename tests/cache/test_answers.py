@@ -34,6 +34,8 @@ def test_short_answers_must_be_equal_but_for_case_spacing_and_end_punctuation() 
     assert not same_answer("chat", chat("Yes."), chat("No."))
     assert not same_answer("chat", chat("42"), chat("41"))
     assert not same_answer("chat", chat("The answer is yes"), chat("The answer is no"))
+    assert same_answer("chat", chat("The capital of France is Paris."), chat("Paris is the capital of France"))
+    assert not same_answer("chat", chat("The capital of France is Paris."), chat("Paris."))
 
 
 def test_json_and_tool_calls_are_compared_parsed() -> None:
