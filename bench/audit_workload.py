@@ -37,11 +37,15 @@ import dataclasses
 import json
 import random
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script too (`serve`)
+from bench.fake_upstream import request_body
 
 TASKS = ("positive", "sentiment")
 LABELS = {"positive": ("yes", "no"), "sentiment": ("positive", "negative", "mixed")}
@@ -465,13 +469,7 @@ class Upstream:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        status, body = self._route(scope["method"], scope["path"], raw)
+        status, body = self._route(scope["method"], scope["path"], await request_body(receive))
         payload = json.dumps(body).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),

@@ -48,15 +48,20 @@ def _events(completion: dict[str, Any]) -> bytes:
     return b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks) + b"data: [DONE]\n\n"
 
 
-async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] != "http":
-        return
+async def request_body(receive: Any) -> bytes:
+    """The whole body of an ASGI request."""
     raw = b""
     while True:
         message = await receive()
         raw += message.get("body", b"")
         if not message.get("more_body"):
-            break
+            return raw
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    raw = await request_body(receive)
     status, headers, body = _answer(scope["method"], scope["path"], raw)
     if DELAY["seconds"] and scope["path"].endswith("completions"):
         await asyncio.sleep(DELAY["seconds"])
