@@ -20,6 +20,7 @@ from semproxy.openai import JSON, Kind
 
 SHORT_WORDS = 12
 RATIO = 0.8
+MAX_WORDS = 2000  # prose is compared on its first words: difflib's time grows with the product of the lengths
 _END_PUNCTUATION = re.compile(r"[\s.!?;:\u3002\uff01\uff1f]+$")  # and the ideographic full stop, "!" and "?"
 
 
@@ -51,7 +52,7 @@ def same_answer(kind: Kind, cached: bytes, fresh: bytes) -> bool | None:
     words_a, words_b = a.split(), b.split()
     if min(len(words_a), len(words_b)) <= SHORT_WORDS or "```" in a or "```" in b:
         return _bag(words_a) == _bag(words_b)  # "Paris is the capital." / "The capital is Paris."
-    return difflib.SequenceMatcher(None, words_a, words_b, autojunk=False).ratio() >= RATIO
+    return difflib.SequenceMatcher(None, words_a[:MAX_WORDS], words_b[:MAX_WORDS], autojunk=False).ratio() >= RATIO
 
 
 def read_answer(kind: Kind, raw: bytes) -> Answer | None:

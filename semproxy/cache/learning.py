@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 EXPLORE = 20  # audit probability starts at 1 and halves once a scope has this many comparisons above its bar
 HISTORY = 2000  # latest comparisons of a scope taken into account
 REFRESH_SECONDS = 5.0
-MAX_SCOPES = 4096  # records kept in memory (each at most HISTORY pairs of numbers)
+MAX_SCOPES = 4096  # records kept in memory (two numbers each: a history is read, walked and dropped)
 
 History = Sequence[tuple[float, bool]]  # (verifier score, wrong), any order
 

@@ -22,7 +22,7 @@ import anyio.to_thread
 
 from semproxy.cache.batching import BatchingEmbedder
 from semproxy.cache.keys import tenant_id
-from semproxy.cache.learning import History, Learner
+from semproxy.cache.learning import History, Learner, ScopeRecord
 from semproxy.cache.records import AuditPlan, CacheHit, Embedding, Lookup, Verdict
 from semproxy.cache.spaces import Placement, Spaces
 from semproxy.cache.store import EntryStore
@@ -326,27 +326,18 @@ class SemanticCache:
         if hit is None or hit.similarity is None:
             return hit, rejected, None
         score = hit.verdict.score if hit.verdict is not None else hit.similarity
-        refusal = self._refusal(key, hit.entry, score) if self.policy.learn else None
+        record = self.learner.record(key.scope) if self.policy.learn else None
+        refusal = None if record is None else _refusal(record, hit.entry, score)
         if refusal is not None:
             free = AuditPlan(entry=hit.entry, score=score, similarity=hit.similarity, probability=0.0)
             return None, refusal, free if comparable else None
         if comparable and self.policy.audit_rate > 0:
-            chance = (self.learner.record(key.scope).audit_probability(self.policy.audit_rate)
-                      if self.policy.learn else self.policy.audit_rate)
+            chance = (self.policy.audit_rate if record is None
+                      else record.audit_probability(self.policy.audit_rate))
             if self._draw() < chance:
                 return None, None, AuditPlan(entry=hit.entry, score=score, similarity=hit.similarity,
                                              probability=chance)
         return hit, None, None
-
-    def _refusal(self, key: CacheKey, entry: CacheEntry, score: float) -> Verdict | None:
-        if entry.wrong_above is not None and score <= entry.wrong_above:
-            return Verdict(accepted=False, score=score, reason=f"proved wrong: this answer was not the answer to a "
-                                                               f"prompt scored {entry.wrong_above:.3f}")
-        record = self.learner.record(key.scope)
-        if score > record.bar:
-            return None
-        return Verdict(accepted=False, score=score,
-                       reason=f"learned: this scope's comparisons found wrong hits up to score {record.bar:.3f}")
 
     async def observe(self, key: CacheKey, compared: AuditPlan, *, wrong: bool, asked_at: float) -> None:
         """Keep what comparing a candidate's answer with the fresh one found; never raises."""
@@ -505,3 +496,14 @@ class SemanticCache:
             with self._touch_lock:  # keep the LRU times for the next sweep
                 self._touched = {**touched, **self._touched}
             raise
+
+
+def _refusal(record: ScopeRecord, entry: CacheEntry, score: float) -> Verdict | None:
+    """Why what comparisons learned refuses this candidate, if it does: its entry, or its scope's bar."""
+    if entry.wrong_above is not None and score <= entry.wrong_above:
+        return Verdict(accepted=False, score=score, reason=f"proved wrong: this answer was not the answer to a "
+                                                           f"prompt scored {entry.wrong_above:.3f}")
+    if score > record.bar:
+        return None
+    return Verdict(accepted=False, score=score,
+                   reason=f"learned: this scope's comparisons found wrong hits up to score {record.bar:.3f}")

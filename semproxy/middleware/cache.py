@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import anyio.to_thread
+
 from semproxy.cache.answers import reproducible, same_answer
 from semproxy.cache.keys import make_key, uncacheable_reason
 from semproxy.cache.records import AuditPlan, CacheHit, Controls, Lookup, Verdict
@@ -196,7 +198,8 @@ class CacheResponder:
 
     async def _compare(self, key: CacheKey, compared: AuditPlan, fresh: bytes) -> None:
         """Was the candidate's answer the fresh one? Logged with the request, kept for the learned bars."""
-        same = same_answer(self.kind, compared.entry.response, fresh)
+        # Both answers are parsed and compared word by word: off the event loop, as large answers are.
+        same = await anyio.to_thread.run_sync(same_answer, self.kind, compared.entry.response, fresh)
         if same is None:
             return
         self.facts.audit_wrong = not same
